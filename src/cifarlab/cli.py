@@ -1,0 +1,57 @@
+"""The `cifarlab` command: the steps that are not pipeline stages.
+
+`get-archive` runs before `dvc repro` (DVC stops when a dependency is missing); later
+issues add `predict` and friends here. Each subcommand imports only what it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import CifarlabError
+
+
+def _get_archive(args) -> None:
+    from .data.fetch import get_archive, set_params_md5
+    from .params import load_params
+
+    params = load_params(args.params)
+    md5 = params.data.md5
+    if args.md5 is not None:
+        md5 = None if args.md5 in ("null", "none", "") else args.md5.lower()
+    if args.set_md5:
+        md5 = None  # the archive is trusted as it is; its md5 becomes the expected one
+    actual = get_archive(params.data.archive, params.data.url, md5, source=args.source, dvc_add=not args.no_dvc)
+    if args.md5 is not None or args.set_md5:
+        new = actual if args.set_md5 else md5
+        if new != params.data.md5:
+            set_params_md5(Path(args.params), new)
+            print(f"params.yaml: data.md5 set to {new or 'null'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("get-archive", help="download or copy the CIFAR-10 archive into place and `dvc add` it",
+                       description="Online: download data.url and check data.md5. Offline: --from a local copy.")
+    g.add_argument("--from", dest="source", help="copy this archive instead of downloading")
+    g.add_argument("--md5", help="expect this md5 instead of data.md5 ('null' skips the check) and write it to params.yaml")
+    g.add_argument("--set-md5", action="store_true",
+                   help="write the archive's actual md5 to params.yaml data.md5 (for a non-official archive you trust)")
+    g.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on it")
+    g.add_argument("--params", default="params.yaml")
+    g.set_defaults(func=_get_archive)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except CifarlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

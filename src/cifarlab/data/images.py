@@ -1,0 +1,57 @@
+"""Opening the pipeline's own images, with the checks that make a bad file a clear error.
+
+The pipeline's images are 32x32 RGB PNGs written by unpack; anything else named by an index
+(missing, empty, not an image, truncated, another size, grayscale or RGBA) is an error that
+names the file and the index line, rather than a crash deep in a DataLoader worker.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+SIZE = (32, 32)
+
+
+def load_rgb32(path: str | Path, where: str = "") -> np.ndarray:
+    """Decode one image to uint8 [32, 32, 3]; `where` (like 'data/index/train.txt:12') goes in errors."""
+    at = f" (named at {where})" if where else ""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode, size = img.mode, img.size
+            if mode != "RGB":
+                raise DataError(f"{path}{at}: a {mode} image; the pipeline's images are RGB")
+            if size != SIZE:
+                raise DataError(f"{path}{at}: {size[0]}x{size[1]} pixels; the pipeline's images are 32x32")
+            return np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}{at}: image missing") from None
+    except UnidentifiedImageError:
+        empty = Path(path).stat().st_size == 0
+        raise DataError(f"{path}{at}: {'an empty file' if empty else 'not an image'}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}{at}: a broken or truncated image ({exc})") from None
+
+
+def load_index_images(items, root: str | Path = ".", workers: int = 0) -> np.ndarray:
+    """Decode every image of an `Index` (read_index) into one uint8 [N, 3, 32, 32] array, in parallel."""
+    from .parallel import map_ranges
+
+    root = Path(root)
+    out = np.empty((len(items), 3, *SIZE), dtype=np.uint8)
+
+    def task(start, stop):
+        part = np.empty((stop - start, 3, *SIZE), dtype=np.uint8)
+        for i in range(start, stop):
+            part[i - start] = load_rgb32(root / items[i][0], items.where(i)).transpose(2, 0, 1)
+        return start, part
+
+    for start, part in map_ranges(task, len(items), workers):
+        out[start:start + len(part)] = part
+    return out

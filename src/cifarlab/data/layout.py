@@ -1,0 +1,48 @@
+"""The data tree's naming rules, in one place for every stage that reads or writes it.
+
+Image i of test_batch is ``<class>_<i>.png`` (the tutorial's names); image i of data_batch_k
+is ``<class>_<10000*k + i>.png``, so names stay unique across batches and never change when
+a batch is added. ``meta.json`` (written by unpack) holds the class names and batch ranges.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..errors import DataError
+
+SPLITS = ("train", "valid", "test")
+BATCH_SIZE = 10000
+_NUMBER = re.compile(r"_(\d+)\.png$")
+
+
+def batch_offset(name: str) -> int:
+    """Where a batch's image numbers start: test_batch at 0, data_batch_k at 10000*k."""
+    return 0 if name == "test_batch" else BATCH_SIZE * int(name.rsplit("_", 1)[1])
+
+
+def png_name(cls: str, number: int) -> str:
+    return f"{cls}_{number}.png"
+
+
+def png_number(path: str | Path) -> int:
+    m = _NUMBER.search(str(path))
+    if not m:
+        raise DataError(f"{path}: not named <class>_<number>.png as unpack writes")
+    return int(m.group(1))
+
+
+def from_test_batch(path: str | Path) -> bool:
+    return png_number(path) < BATCH_SIZE
+
+
+def read_meta(path: str | Path) -> dict:
+    try:
+        meta = json.loads(Path(path).read_text())
+        assert isinstance(meta["classes"], list) and isinstance(meta["batches"], dict)
+        return meta
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run the unpack stage (dvc repro unpack)") from None
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise DataError(f"{path}: not the class and batch file the unpack stage writes") from None

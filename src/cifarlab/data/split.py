@@ -1,0 +1,90 @@
+"""Chapter 1.2: split the PNG tree into train, valid and test folders, per class, seeded.
+
+Counts per class follow the ratios exactly by largest remainder (8:1:1 of 1,000 images is
+800/100/100), so every class is represented in each split as the ratios say. The split
+folders hold hard links to unpack's files: the tutorial's folder layout without a second
+copy of the bytes (a copy is made only where the filesystem cannot link).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_dir
+from ..errors import DataError, ParamsError
+from .layout import SPLITS, from_test_batch, png_number, read_meta
+
+
+
+def largest_remainder(n: int, ratios: list[float]) -> list[int]:
+    """Integer counts summing to n, proportional to ratios, rounding by largest remainder."""
+    total = sum(ratios)
+    quotas = [n * r / total for r in ratios]
+    counts = [math.floor(q) for q in quotas]
+    order = sorted(range(len(ratios)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _class_files(png_dir: Path, cls: str) -> list[str]:
+    folder = png_dir / cls
+    if not folder.is_dir():
+        raise DataError(f"{folder}: missing; run the unpack stage (dvc repro unpack)")
+    names = [e.name for e in os.scandir(folder) if e.name.endswith(".png")]
+    return sorted(names, key=lambda name: png_number(folder / name))
+
+
+def assign(files: list[str], ratios: list[float], rng: np.random.Generator) -> list[list[str]]:
+    """Shuffle one class's files and cut them by largest-remainder counts."""
+    counts = largest_remainder(len(files), ratios)
+    order = rng.permutation(len(files))
+    cuts = np.cumsum([0] + counts)
+    return [[files[j] for j in sorted(order[cuts[k]:cuts[k + 1]])] for k in range(len(counts))]
+
+
+def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: str = "ratio",
+          train: float = 0.8, valid: float = 0.1, test: float = 0.1, seed: int = 0,
+          progress=print) -> dict[str, int]:
+    """Write out/<split>/<class>/<file> links; return the number of images per split."""
+    png_dir, out = Path(png_dir), Path(out)
+    meta = read_meta(meta_path)
+    classes = meta["classes"]
+    if mode == "standard" and "test_batch" not in meta["batches"]:
+        raise ParamsError("split.mode", "standard mode takes test_batch as the test split, "
+                          "but data.batches does not list it", mode)
+    rng = np.random.default_rng(seed)
+    totals = dict.fromkeys(SPLITS, 0)
+    with atomic_dir(out) as tmp:
+        for cls in classes:
+            files = _class_files(png_dir, cls)
+            if mode == "ratio":
+                parts = assign(files, [train, valid, test], rng)
+            else:
+                is_test = [from_test_batch(f) for f in files]
+                pool = [f for f, t in zip(files, is_test) if not t]
+                parts = assign(pool, [train, valid], rng) + [[f for f, t in zip(files, is_test) if t]]
+            for name, part in zip(SPLITS, parts):
+                folder = tmp / name / cls
+                folder.mkdir(parents=True)
+                for f in part:
+                    _link(png_dir / cls / f, folder / f)
+                totals[name] += len(part)
+        for name in SPLITS:
+            if totals[name] == 0:
+                key = "split.mode" if mode == "standard" and name == "test" else f"split.{name}"
+                raise ParamsError(key, f"the {name} split would be empty "
+                                  f"({sum(totals.values())} images so far); every split needs images")
+    progress("split: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
+    return totals
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copyfile(src, dst)

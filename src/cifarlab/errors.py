@@ -1,0 +1,31 @@
+"""Error types that the stages turn into one clear message and a non-zero exit.
+
+Every error a user can cause (bad params, a bad archive, a broken image) is one of these,
+so a stage can print its message without a traceback: the message itself names the file,
+key or value at fault, and the traceback would only bury it.
+"""
+
+
+class CifarlabError(Exception):
+    """A problem with the user's input, explained in the message."""
+
+
+class ParamsError(CifarlabError):
+    """A key or value in params.yaml that is unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, message: str, value=None, choices=None):
+        self.key = key
+        self.value = value
+        self.choices = choices
+        text = f"params.yaml: {key}: {message}"
+        if value is not None:
+            text += f" (got {value!r})"
+        if choices:
+            shown = sorted(str(c) for c in choices)
+            more = f" ... and {len(shown) - 40} more" if len(shown) > 40 else ""
+            text += "; choices: " + ", ".join(shown[:40]) + more
+        super().__init__(text)
+
+
+class DataError(CifarlabError):
+    """A missing, corrupt, truncated or hostile data file: the archive, an image, an index."""

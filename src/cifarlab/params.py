@@ -1,0 +1,252 @@
+"""The schema of params.yaml: every key is checked before a stage does any work.
+
+Structure, types and ranges are checked here with pydantic, without importing torch, so the
+data stages stay fast. Component *names* (an optimizer, a loss, a transform...) are open sets
+defined by torch and torchvision: their builders check them against the library itself and
+raise the same `ParamsError`, naming the key, the value and the choices.
+
+A component section holds `name` plus one mapping of keyword arguments per candidate name::
+
+    optimizer:
+      name: SGD
+      SGD: {momentum: 0.9}
+      Adam: {betas: [0.9, 0.999]}
+
+so `dvc exp run -S optimizer.name=Adam` switches without leaving SGD's arguments behind.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ParamsError
+
+DEFAULT_PARAMS = "params.yaml"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+BATCHES = TRAIN_BATCHES + ("test_batch",)
+
+
+class _Strict(BaseModel):
+    """A section whose every key is known: a typo is an error, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class _Component(BaseModel):
+    """`name` plus per-name keyword-argument mappings (the extra keys)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="after")
+    def _extras_are_mappings(self):
+        for key, value in (self.model_extra or {}).items():
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(
+                    f"'{key}' must be a mapping of keyword arguments for {key}, not {value!r}"
+                )
+        return self
+
+    def kwargs_for(self, name: Optional[str] = None) -> dict[str, Any]:
+        """The keyword arguments written for `name` (the chosen one by default)."""
+        return dict((self.model_extra or {}).get(name or self.name) or {})
+
+
+class DataParams(_Strict):
+    archive: str = "data/cifar-10-python.tar.gz"
+    url: str = OFFICIAL_URL
+    md5: Optional[str] = OFFICIAL_MD5
+    batches: list[str] = Field(default_factory=lambda: ["test_batch"], min_length=1)
+
+    @field_validator("md5")
+    @classmethod
+    def _md5_hex(cls, v):
+        if v is not None and (v == "null" or v == ""):
+            return None
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", v):
+            raise ValueError("must be 32 hexadecimal digits, or null to skip the check")
+        return v.lower() if v else v
+
+    @field_validator("batches")
+    @classmethod
+    def _known_batches(cls, v):
+        for b in v:
+            if b not in BATCHES:
+                raise ValueError(f"unknown batch {b!r}; choices: {', '.join(BATCHES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a batch twice: {v}")
+        return v
+
+
+class SplitParams(_Strict):
+    mode: Literal["ratio", "standard"] = "ratio"
+    train: float = Field(0.8, ge=0, le=1)
+    valid: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ratios(self):
+        if self.mode == "ratio":
+            total = self.train + self.valid + self.test
+            if not math.isclose(total, 1.0, abs_tol=1e-6):
+                raise ValueError(
+                    f"train + valid + test must sum to 1, got {self.train} + {self.valid} + "
+                    f"{self.test} = {total:g}"
+                )
+        elif self.train + self.valid <= 0:
+            raise ValueError("standard mode splits the training batches train:valid; both are 0")
+        return self
+
+
+class InitParams(_Strict):
+    conv: _Component = Field(default_factory=lambda: _Component(name="default"))
+    linear: _Component = Field(default_factory=lambda: _Component(name="default"))
+    batchnorm: _Component = Field(default_factory=lambda: _Component(name="default"))
+
+
+MODEL_SOURCES = ("cifarlab", "tutorial", "torchvision")
+
+
+class ModelParams(_Strict):
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    name: str = "cifarlab.resnet8"
+    pretrained: Optional[str] = None
+    freeze: list[str] = Field(default_factory=list)
+    channels_last: bool = True
+    init: InitParams = Field(default_factory=InitParams)
+
+    @model_validator(mode="after")
+    def _sources(self):
+        for key, value in (self.model_extra or {}).items():
+            if key not in MODEL_SOURCES:
+                raise ValueError(
+                    f"unknown key '{key}'; model arguments live under one of {', '.join(MODEL_SOURCES)}"
+                )
+            if not isinstance(value, dict) or any(
+                v is not None and not isinstance(v, dict) for v in value.values()
+            ):
+                raise ValueError(f"'{key}' must map model names to keyword-argument mappings")
+        return self
+
+    def kwargs_for(self, name: Optional[str] = None) -> dict[str, Any]:
+        """Arguments for a model `source.arch`, written at model.<source>.<arch>."""
+        name = name or self.name
+        source, _, arch = name.partition(".")
+        return dict(((self.model_extra or {}).get(source) or {}).get(arch) or {})
+
+
+class AugmentParams(_Strict):
+    backend: Literal["tensor", "pil"] = "tensor"
+    train: list[dict[str, Any]] = Field(default_factory=list)
+    eval: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _one_name_each(cls, v):
+        for i, entry in enumerate(v):
+            if not isinstance(entry, dict) or len(entry) != 1:
+                raise ValueError(
+                    f"entry {i} must be one transform name with its arguments, like "
+                    f"'- RandomCrop: {{size: 32, padding: 4}}', not {entry!r}"
+                )
+        return v
+
+
+class LossParams(_Component):
+    name: str = "CrossEntropyLoss"
+
+
+class ParamGroup(_Strict):
+    prefix: str = Field(min_length=1)
+    lr_mult: float = Field(1.0, gt=0)
+
+
+class OptimizerParams(_Component):
+    name: str = "SGD"
+    lr: float = Field(0.05, gt=0)
+    groups: list[ParamGroup] = Field(default_factory=list)
+
+
+class SchedulerParams(_Component):
+    name: str = "none"
+
+
+class TrainParams(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    device: str = "auto"
+    amp: bool = True
+    threads: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    nproc: int = Field(1, ge=1)
+    compile: bool = False
+    histograms: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return v
+
+
+class EvaluateParams(_Strict):
+    batch_size: int = Field(500, ge=1)
+
+
+class Params(_Strict):
+    seed: int = 0
+    data: DataParams = Field(default_factory=DataParams)
+    split: SplitParams = Field(default_factory=SplitParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    loss: LossParams = Field(default_factory=LossParams)
+    optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
+    scheduler: SchedulerParams = Field(default_factory=SchedulerParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    visualize: dict[str, Any] = Field(default_factory=dict)
+
+
+def _format(err: dict) -> ParamsError:
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return ParamsError(loc or "<top>", "unknown key (a typo?); remove it or fix its name")
+    value = err.get("input")
+    shown = value if isinstance(value, (int, float, str, bool)) or value is None else None
+    return ParamsError(loc or "<top>", msg, shown if err["type"] != "missing" else None)
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate an already-loaded mapping; raise ParamsError on the first problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError("<top>", "params.yaml must be a mapping of sections", type(raw).__name__)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise _format(exc.errors()[0]) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError("<file>", f"{path} does not exist") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ParamsError("<file>", f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw)

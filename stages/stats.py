@@ -1,0 +1,18 @@
+"""Stage stats: per-channel RGB mean and std over every training image, for Normalize."""
+import _path  # noqa: F401
+
+from cifarlab.data.stats import write_stats
+from cifarlab.stage import parser, stage
+
+
+@stage
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--index", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    write_stats(args.index, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""A throwaway copy of this project in a temp git repo, driven through the real dvc CLI."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore",
+        "data/.gitignore", "data/cifar-10-python.tar.gz.dvc", "reports", "presets"]
+
+
+class Project:
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = dict(os.environ, PYTHONPATH=str(path / "src"), DVC_NO_ANALYTICS="1",
+                        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                        GIT_COMMITTER_EMAIL="t@t", PYTHONUNBUFFERED="1")
+        # stages call `python`: make it this interpreter, whatever PATH says
+        bindir = Path(sys.executable).parent
+        self.env["PATH"] = f"{bindir}{os.pathsep}{self.env.get('PATH', '')}"
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = subprocess.run(list(cmd), cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and res.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run("dvc", *args, check=check)
+
+    def cifarlab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "cifarlab.cli", *args, check=check)
+
+    def commit(self, message: str = "change") -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "--allow-empty", "-m", message)
+
+    def ran(self, result: subprocess.CompletedProcess) -> list[str]:
+        """Names of the stages a dvc repro/exp run executed (not skipped or restored)."""
+        return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")]
+
+
+def make_project(dest: Path, archive: Path, params_overrides: str | None = None) -> Project:
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in COPY:
+        src = ROOT / rel
+        if not src.exists():
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, target)
+    proj = Project(dest)
+    if params_overrides:
+        (dest / "params.yaml").write_text((dest / "params.yaml").read_text() + params_overrides)
+    proj.run("git", "init", "-q", "-b", "main")
+    proj.cifarlab("get-archive", "--from", str(archive), "--set-md5")
+    proj.commit("project")
+    return proj

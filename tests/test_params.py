@@ -1,0 +1,76 @@
+"""params.yaml is strict: every typo and bad value is one ParamsError naming the key."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifarlab.errors import ParamsError
+from cifarlab.params import load_params, parse_params
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(path: str, value):
+    raw = copy.deepcopy(RAW)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+    node[last] = value
+    return raw
+
+
+def test_project_params_are_valid():
+    p = load_params(ROOT / "params.yaml")
+    assert p.optimizer.lr > 0 and p.data.batches == ["test_batch"]
+    assert p.optimizer.kwargs_for() == RAW["optimizer"]["SGD"]
+    assert p.optimizer.kwargs_for("Adam") == RAW["optimizer"]["Adam"]
+    assert p.model.kwargs_for() == RAW["model"]["cifarlab"]["resnet8"]
+
+
+@pytest.mark.parametrize("path, value, key, words", [
+    ("split.sed", 3, "split.sed", "unknown key"),
+    ("sed", 3, "sed", "unknown key"),
+    ("train.epochz", 3, "train.epochz", "unknown key"),
+    ("split.train", -0.1, "split.train", "greater than or equal to 0"),
+    ("split.train", 0.7, "split", "sum to 1"),
+    ("optimizer.lr", 0, "optimizer.lr", "greater than 0"),
+    ("optimizer.lr", "fast", "optimizer.lr", "valid number"),
+    ("train.epochs", 0, "train.epochs", "greater than or equal to 1"),
+    ("train.batch_size", 2.5, "train.batch_size", "integer"),
+    ("train.device", "tpu", "train.device", "auto, cpu"),
+    ("data.md5", "abc", "data.md5", "32 hexadecimal"),
+    ("data.batches", ["test_batch", "data_batch_9"], "data.batches", "data_batch_9"),
+    ("data.batches", [], "data.batches", "at least 1"),
+    ("data.batches", ["test_batch", "test_batch"], "data.batches", "twice"),
+    ("split.mode", "random", "split.mode", "ratio"),
+    ("optimizer.SGD", 0.9, "optimizer", "mapping of keyword arguments"),
+    ("model.resnet", {"x": {}}, "model", "cifarlab, tutorial, torchvision"),
+    ("augment.train", [{"RandomCrop": {}, "Pad": {}}], "augment.train", "one transform name"),
+    ("augment.backend", "gpu", "augment.backend", "tensor"),
+    ("optimizer.groups", [{"prefix": "fc3", "lr_mul": 10}], "optimizer.groups.0.lr_mul", "unknown key"),
+])
+def test_bad_values_name_the_key(path, value, key, words):
+    with pytest.raises(ParamsError) as err:
+        parse_params(with_change(path, value))
+    msg = str(err.value)
+    assert msg.startswith(f"params.yaml: {key}:"), msg
+    assert words in msg, msg
+
+
+def test_md5_null_skips():
+    assert parse_params(with_change("data.md5", None)).data.md5 is None
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="mapping"):
+        load_params(bad)
