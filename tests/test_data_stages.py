@@ -186,3 +186,18 @@ def test_broken_images_named_with_index_line(tree, breakage, words):
     with pytest.raises(DataError, match=words) as err:
         channel_stats(root / "data/index/train.txt", workers=1)
     assert items[4][0] in str(err.value) and "train.txt:5" in str(err.value)
+
+
+def test_hostile_batch_after_a_good_one_leaves_nothing(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    payload = pickle.dumps({"data": Evil(), "labels": []}, protocol=2)
+    arc = make_archive(tmp_path / "a.tar.gz", batches=("data_batch_1", "test_batch"),
+                       overrides={"test_batch": payload})
+    with pytest.raises(DataError, match="system"):
+        unpack(arc, ["data_batch_1", "test_batch"], tmp_path / "png", tmp_path / "meta.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]

@@ -152,14 +152,15 @@ def _class_names(obj, archive: Path) -> list[str]:
     return out
 
 
-def read_archive(
-    archive: str | Path, batches: list[str], md5: Optional[str] = None
-) -> tuple[list[str], Iterator[Batch]]:
-    """Validate the archive and return (class names, the requested batches in order).
+def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = None
+                 ) -> Iterator[tuple[list[str], Batch]]:
+    """Yield (class names, batch) for each requested batch as the archive streams by.
 
-    Reads the archive once: every member is checked, the requested batches and the meta
-    file are kept in memory (10,000 images are 30 MB), and the md5 is verified at the end,
-    before anything is returned, so a caller never writes output from a bad archive.
+    One pass, and memory bounded by one batch (plus any batch that precedes batches.meta
+    in the archive, held until the class names are known). The md5 and the presence of
+    every requested batch are checked when the stream ends, so a consumer must treat what
+    it wrote as provisional until the generator is exhausted (unpack writes to a temporary
+    tree and swaps it in only then).
     """
     archive = Path(archive)
     if not archive.is_file():
@@ -170,9 +171,15 @@ def read_archive(
     if archive.stat().st_size == 0:
         raise DataError(f"{archive}: the archive is empty (0 bytes); fetch it again")
     wanted = {f"{ROOT}/{b}": b for b in batches}
-    payloads: dict[str, bytes] = {}
-    meta = None
+    waiting: list[tuple[str, bytes]] = []
+    classes: Optional[list[str]] = None
     present: list[str] = []
+    done: set[str] = set()
+
+    def parse(name: str, payload: bytes) -> Batch:
+        done.add(name)
+        return _batch_from_pickle(safe_unpickle(payload, f"{archive}:{name}"), name, archive)
+
     with open(archive, "rb", buffering=0) as raw:
         reader = _HashingReader(raw)
         try:
@@ -183,9 +190,16 @@ def read_archive(
                         if member.isfile() and member.name.startswith(ROOT + "/"):
                             present.append(member.name[len(ROOT) + 1:])
                         if member.name in wanted:
-                            payloads[wanted[member.name]] = tar.extractfile(member).read()
+                            payload = tar.extractfile(member).read()
+                            if classes is None:
+                                waiting.append((wanted[member.name], payload))
+                            else:
+                                yield classes, parse(wanted[member.name], payload)
                         elif member.name == f"{ROOT}/{META}":
-                            meta = tar.extractfile(member).read()
+                            classes = _class_names(safe_unpickle(tar.extractfile(member).read(),
+                                                                 f"{archive}:{META}"), archive)
+                            while waiting:
+                                yield classes, parse(*waiting.pop(0))
                 # tarfile stops at the end-of-archive marker; gzip must still see its trailer
                 gz.read()
         except DataError:
@@ -200,17 +214,24 @@ def read_archive(
             f"{archive}: md5 mismatch: expected {md5.lower()}, got {reader.md5.hexdigest()}; "
             f"{SKIP_MD5_HINT}"
         )
-    if meta is None:
+    if classes is None:
         raise DataError(f"{archive}: no {ROOT}/{META} in the archive; is it the CIFAR-10 python version?")
-    missing = [b for b in batches if b not in payloads]
+    missing = [b for b in batches if b not in done]
     if missing:
         raise DataError(
             f"{archive}: batch {missing[0]!r} (data.batches) is not in the archive; "
             f"it holds: {', '.join(sorted(present)) or 'no files under ' + ROOT}"
         )
-    classes = _class_names(safe_unpickle(meta, f"{archive}:{META}"), archive)
-    parsed = [_batch_from_pickle(safe_unpickle(payloads[b], f"{archive}:{b}"), b, archive) for b in batches]
-    return classes, iter(parsed)
+
+
+def read_archive(archive: str | Path, batches: list[str], md5: Optional[str] = None
+                 ) -> tuple[list[str], Iterator[Batch]]:
+    """The whole stream at once: (class names, the requested batches in `batches` order)."""
+    got = {}
+    classes: list[str] = []
+    for classes, batch in iter_batches(archive, batches, md5):
+        got[batch.name] = batch
+    return classes, iter([got[b] for b in batches])
 
 
 def file_md5(path: str | Path) -> str:

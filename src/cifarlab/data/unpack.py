@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..atomic import atomic_dir, write_json
 from ..errors import DataError
-from .archive import Batch, read_archive
+from .archive import Batch, iter_batches
 from .layout import BATCH_SIZE, batch_offset, png_name
 from .parallel import map_ranges
 
@@ -36,21 +36,23 @@ def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: s
            md5: Optional[str] = None, progress=print) -> dict:
     """Write every image of `batches` as a PNG under `out`; write class names and batch ranges to `meta_out`.
 
-    Nothing is written unless the whole archive is valid: it is checked (members, pickles,
-    md5) before the first PNG, and the tree is built beside `out` and swapped in at the end.
+    The archive streams through once, one batch in memory at a time. The tree is built
+    beside `out` and swapped in only after the stream ended with every check passed
+    (members, pickles, md5), so a bad archive leaves the previous output as it was.
     """
-    classes, parsed = read_archive(archive, batches, md5)
-    meta = {"classes": classes, "batches": {}}
+    meta: dict = {"classes": None, "batches": {}}
     with atomic_dir(out) as tmp:
-        for cls in classes:
-            (tmp / cls).mkdir()
-        for batch in parsed:
+        for classes, batch in iter_batches(archive, batches, md5):
+            if meta["classes"] is None:
+                meta["classes"] = classes
+                for cls in classes:
+                    (tmp / cls).mkdir()
             if len(batch.labels) > BATCH_SIZE:
                 raise DataError(f"{archive}:{batch.name}: {len(batch.labels)} images; a CIFAR batch holds at most {BATCH_SIZE}")
-            start = batch_offset(batch.name)
-            meta["batches"][batch.name] = {"first": start, "count": int(len(batch.labels)),
+            meta["batches"][batch.name] = {"first": batch_offset(batch.name), "count": int(len(batch.labels)),
                                            "per_class": np.bincount(batch.labels, minlength=len(classes)).tolist()}
             _write_pngs(tmp, classes, batch, progress)
+    meta["batches"] = {b: meta["batches"][b] for b in batches}
     write_json(meta_out, meta)
     return meta
 

@@ -1,0 +1,38 @@
+"""The data stages on the real 10,000 CIFAR-10 test images, through the real dvc CLI."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarlab.data.archive import read_archive
+from conftest import TEST_ONLY_MD5
+from dvc_project import make_project
+
+pytestmark = pytest.mark.slow
+
+
+def test_real_archive_through_dvc_repro(real_archive, tmp_path):
+    assert hashlib.md5(real_archive.read_bytes()).hexdigest() == TEST_ONLY_MD5
+    proj = make_project(tmp_path / "proj", real_archive)
+    res = proj.dvc("repro", "unpack", "split", "index", "stats")
+    assert proj.ran(res) == ["unpack", "split", "index", "stats"]
+    root = proj.path
+    pngs = list((root / "data/png").rglob("*.png"))
+    assert len(pngs) == 10000
+    counts = {s: len((root / f"data/index/{s}.txt").read_text().splitlines()) for s in ("train", "valid", "test")}
+    assert counts == {"train": 8000, "valid": 1000, "test": 1000}
+    for s, per_class in (("train", 800), ("valid", 100), ("test", 100)):
+        for cls_dir in (root / "data/split" / s).iterdir():
+            assert len(list(cls_dir.iterdir())) == per_class, cls_dir
+    # pixel-exact: the tutorial's cat_0.png... whatever image 0 is, it equals the archive row
+    classes, batches = read_archive(real_archive, ["test_batch"], TEST_ONLY_MD5)
+    batch = next(batches)
+    for i in (0, 1234, 9999):
+        cls = classes[batch.labels[i]]
+        png = root / "data/png" / cls / f"{cls}_{i}.png"
+        np.testing.assert_array_equal(np.asarray(Image.open(png)).transpose(2, 0, 1), batch.data[i])
+    stats = json.loads((root / "data/stats/normalize.json").read_text())
+    assert stats["images"] == 8000
+    assert all(0.4 < m < 0.55 for m in stats["mean"]) and all(0.2 < s < 0.3 for s in stats["std"])
