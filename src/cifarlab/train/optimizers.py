@@ -1,0 +1,434 @@
+"""Optimizers from `torch.optim`, chosen by name, with per-prefix learning rates.
+
+``optimizer.name`` is looked up in `torch.optim` itself (every exported subclass of
+`torch.optim.Optimizer`), so a class added by a newer torch is available without a code
+change. Its keyword arguments come only from ``optimizer.<Name>``: switching with
+``-S optimizer.name=Adam`` never drags SGD's ``momentum`` along.
+
+Everything is checked before training starts (`check_optimizer`): names, unknown keyword
+arguments (against the constructor's signature), value types (against its annotations),
+and then the optimizer is built on a tiny dummy problem and stepped once, so that values
+torch would only reject later (a negative ``eps``, ``betas`` of the wrong length...) fail
+now, with the key named.
+
+`validate_kwargs` is the signature/annotation check shared with the loss and scheduler
+builders.
+"""
+from __future__ import annotations
+
+import collections.abc as abc
+import inspect
+import math
+import types
+import typing
+from typing import Any, Callable, Iterable, Literal, Union
+
+import torch
+from torch import nn
+
+from ..errors import ParamsError
+from ..params import OptimizerParams
+
+#: Classes torch exports that cannot train the models of this project, and why.
+REFUSED = {
+    "SparseAdam": "it only accepts sparse gradients, and the models here (convolutions, "
+    "dense Linear layers) produce dense ones; use Adam or AdamW",
+}
+
+#: Keyword arguments set elsewhere, and where.
+_FIXED = {
+    "lr": "the learning rate is optimizer.lr (times each group's lr_mult); set it there",
+    "params": "the parameters come from the model and optimizer.groups",
+}
+
+
+# --------------------------------------------------------------------------- kwargs checks
+
+_EMPTY = inspect.Parameter.empty
+_HINT_NAMES = {
+    "Callable": abc.Callable,
+    "Iterable": abc.Iterable,
+    "Sequence": abc.Sequence,
+    "Any": Any,
+    "Literal": Literal,
+    "Optional": typing.Optional,
+    "Union": Union,
+}
+
+
+class _Mismatch(Exception):
+    """A value that does not fit an annotation; the argument says what would."""
+
+
+def _type_hints(target: Callable) -> dict[str, Any]:
+    """The resolved annotations of `target` (a class: of its __init__); {} if unresolvable.
+
+    torch's string annotations name `Callable` & co. that its modules import only for type
+    checkers, so they are supplied here. This resolves torch's own annotations, never user text.
+    """
+    fn = target.__init__ if isinstance(target, type) else target
+    try:
+        return typing.get_type_hints(fn, localns=_HINT_NAMES)
+    except Exception:  # an annotation this torch version writes in a way we cannot resolve
+        return {}
+
+
+def _hint_from_default(default) -> Any:
+    """A stand-in annotation when torch's own cannot be resolved."""
+    if default is _EMPTY or default is None:
+        return Any
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return float
+    if isinstance(default, str):
+        return str
+    if isinstance(default, tuple):
+        return tuple[tuple(_hint_from_default(d) for d in default)]
+    return Any
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce(value, hint, lenient: bool):
+    """`value` converted to fit `hint` (YAML lists to tuples or tensors...), or _Mismatch."""
+    if hint is Any or hint is _EMPTY:
+        return value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if float in args and torch.Tensor in args:  # a tensor lr/beta is for compiled code, not YAML
+            args = tuple(a for a in args if a is not torch.Tensor)
+        wanted = []
+        # an exact fit first (1 stays an int in `int | float`), then a converted one
+        for loose in (False, True) if lenient else (False,):
+            for arg in args:
+                try:
+                    return _coerce(value, arg, loose)
+                except _Mismatch as exc:
+                    if str(exc) not in wanted:
+                        wanted.append(str(exc))
+        raise _Mismatch(" or ".join(wanted))
+    if origin is Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise _Mismatch("one of " + ", ".join(repr(a) for a in args))
+    if hint is type(None):
+        if value is None:
+            return None
+        raise _Mismatch("null")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch("true or false")
+    if hint is int:
+        if _is_number(value) and float(value).is_integer():
+            if isinstance(value, int) or lenient:
+                return int(value)
+        raise _Mismatch("an integer")
+    if hint is float:
+        if lenient and isinstance(value, str):  # '1e-3': YAML 1.1 reads it as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if _is_number(value) and math.isfinite(value):
+            return float(value) if lenient else value
+        raise _Mismatch("a finite number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("a string")
+    if hint is torch.Tensor:
+        if _is_number(value) and math.isfinite(value):
+            return value
+        if isinstance(value, (list, tuple)) and value and all(
+            _is_number(v) and math.isfinite(v) for v in value
+        ):
+            return torch.tensor([float(v) for v in value])
+        raise _Mismatch("a number or a list of numbers")
+    if origin in (tuple, list, abc.Iterable, abc.Sequence) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch("a list")
+        if origin is tuple and args and Ellipsis not in args:
+            if len(value) != len(args):
+                raise _Mismatch(f"a list of {len(args)} values, each {_describe(args[0])}")
+            try:
+                return tuple(_coerce(v, a, lenient) for v, a in zip(value, args))
+            except _Mismatch as exc:
+                raise _Mismatch(f"a list of {len(args)} values, each {exc}") from None
+        if args:
+            try:
+                items = [_coerce(v, args[0], lenient) for v in value]
+            except _Mismatch as exc:
+                raise _Mismatch(f"a list, each item {exc}") from None
+        else:
+            items = list(value)
+        return tuple(items) if origin is tuple or hint is tuple else items
+    return value  # Callable, Optimizer, a class: nothing YAML could hold; torch checks it
+
+
+def _describe(hint) -> str:
+    """What `hint` asks for, in words."""
+    try:
+        _coerce(_describe, hint, lenient=False)  # a function fits no YAML-shaped hint
+    except _Mismatch as exc:
+        return str(exc)
+    return "anything"
+
+
+def accepted_kwargs(target: Callable, skip: Iterable[str] = ()) -> dict[str, inspect.Parameter]:
+    """The keyword arguments `target` accepts, in signature order, minus `skip`."""
+    skip = set(skip)
+    return {
+        name: p
+        for name, p in inspect.signature(target).parameters.items()
+        if name not in skip
+        and name != "self"
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+
+
+def validate_kwargs(
+    key: str,
+    target: Callable,
+    kwargs: dict[str, Any],
+    *,
+    skip: Iterable[str] = (),
+    fixed: dict[str, str] | None = None,
+    supplied: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Check `kwargs` for `target` (a torch class) and return them converted.
+
+    key: where they are written, e.g. ``optimizer.Adam``; errors name ``<key>.<arg>``.
+    skip: arguments passed positionally by the builder (``params``, ``optimizer``).
+    fixed: arguments the builder sets itself, with the reason, refused if written.
+    supplied: required arguments the builder fills when absent (so not "missing").
+    """
+    fixed = fixed or {}
+    accepted = accepted_kwargs(target, skip)
+    hints = _type_hints(target)
+    choices = [n for n in accepted if n not in fixed]
+    out = {}
+    for name, value in kwargs.items():
+        if name in fixed:
+            raise ParamsError(f"{key}.{name}", f"cannot be set here: {fixed[name]}")
+        if name not in accepted:
+            raise ParamsError(
+                f"{key}.{name}",
+                f"unknown argument of {getattr(target, '__name__', target)}",
+                choices=choices,
+            )
+        hint = hints.get(name) or _hint_from_default(accepted[name].default)
+        try:
+            out[name] = _coerce(value, hint, lenient=True)
+        except _Mismatch as exc:
+            shown = value if not isinstance(value, (dict, list, tuple)) or len(str(value)) < 80 else None
+            raise ParamsError(f"{key}.{name}", f"must be {exc}", shown) from None
+    missing = [
+        n
+        for n, p in accepted.items()
+        if p.default is _EMPTY and n not in out and n not in set(supplied) and n not in fixed
+    ]
+    if missing:
+        raise ParamsError(key, f"missing required argument(s): {', '.join(missing)}")
+    return out
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+def optimizer_classes() -> dict[str, type[torch.optim.Optimizer]]:
+    """Every optimizer class torch.optim exports, by name."""
+    return {
+        name: obj
+        for name, obj in vars(torch.optim).items()
+        if isinstance(obj, type)
+        and issubclass(obj, torch.optim.Optimizer)
+        and obj is not torch.optim.Optimizer
+        and not name.startswith("_")
+    }
+
+
+def supported_optimizers() -> list[str]:
+    """The names `optimizer.name` accepts."""
+    return sorted(n for n in optimizer_classes() if n not in REFUSED)
+
+
+def _resolve(params: OptimizerParams) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    name = params.name
+    if name in REFUSED:
+        raise ParamsError("optimizer.name", f"{name} cannot be used: {REFUSED[name]}", name,
+                          supported_optimizers())
+    cls = optimizer_classes().get(name)
+    if cls is None:
+        raise ParamsError("optimizer.name", "unknown optimizer", name, supported_optimizers())
+    if params.groups and _single_group(cls):
+        raise ParamsError(
+            "optimizer.groups",
+            f"{name} supports only one parameter group, so no per-prefix lr_mult; "
+            "remove optimizer.groups or pick another optimizer",
+        )
+    kwargs = validate_kwargs(
+        f"optimizer.{name}", cls, params.kwargs_for(name), skip=("params",), fixed=_FIXED
+    )
+    return cls, kwargs
+
+
+def _single_group(cls) -> bool:
+    """LBFGS keeps one flat parameter list; torch refuses groups for it."""
+    return issubclass(cls, torch.optim.LBFGS)
+
+
+def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """True when `optimizer.step` must be given a closure (LBFGS).
+
+    Such an optimizer re-evaluates the loss several times per step, so the training loop
+    calls ``optimizer.step(closure)`` where ``closure`` zeroes the gradients, runs forward
+    and backward on the current batch and returns the loss; for every other optimizer it
+    calls ``optimizer.step()`` after its own backward. Read from the signature of `step`,
+    so any optimizer whose step requires a closure is covered.
+    """
+    param = inspect.signature(type(optimizer).step).parameters.get("closure")
+    return param is not None and param.default is _EMPTY
+
+
+def _construct(cls, groups: list[dict], params: OptimizerParams, kwargs: dict):
+    try:
+        return cls(groups, lr=params.lr, **kwargs)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ParamsError(
+            f"optimizer.{params.name}", f"torch refused the arguments: {exc}", params.kwargs_for()
+        ) from None
+
+
+def dummy_optimizer(params: OptimizerParams) -> tuple[torch.optim.Optimizer, list[nn.Parameter]]:
+    """The configured optimizer over one small 2-D dummy parameter per group, and those.
+
+    Groups as `param_groups` lays them out (the rest, then one per optimizer.groups entry)
+    with their learning rates, so group-dependent refusals (LBFGS) and 2-D-only optimizers
+    (Muon) behave as on a model whose groups hold weight matrices. Used to check the
+    optimizer, and the scheduler against it, without a model.
+    """
+    cls, kwargs = _resolve(params)
+    gen = torch.Generator().manual_seed(0)
+    weights = [nn.Parameter(torch.randn(3, 4, generator=gen)) for _ in range(1 + len(params.groups))]
+    groups = [{"params": [weights[0]], "lr": params.lr, "prefix": None}] + [
+        {"params": [w], "lr": params.lr * g.lr_mult, "prefix": g.prefix}
+        for w, g in zip(weights[1:], params.groups)
+    ]
+    return _construct(cls, groups, params, kwargs), weights
+
+
+def check_optimizer(params: OptimizerParams) -> None:
+    """Validate the optimizer section without a model: build and step it on a dummy problem.
+
+    Two steps on a small quadratic (`dummy_optimizer`) surface what torch checks only in
+    `step`. Muon's shape limit is checked against the real model in `build_optimizer`.
+    """
+    optimizer, weights = dummy_optimizer(params)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = sum((w**2).sum() for w in weights)
+        loss.backward()
+        return loss
+
+    try:
+        for _ in range(2):
+            if needs_closure(optimizer):
+                optimizer.step(closure)
+            else:
+                closure()
+                optimizer.step()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ParamsError(
+            f"optimizer.{params.name}", f"torch failed on a test step: {exc}", params.kwargs_for()
+        ) from None
+    if not all(torch.isfinite(w).all() for w in weights):
+        raise ParamsError(
+            f"optimizer.{params.name}",
+            "two steps on a small quadratic gave non-finite parameters; check these arguments",
+            params.kwargs_for(),
+        )
+
+
+def _top_level_names(model: nn.Module) -> list[str]:
+    names = [n for n, _ in model.named_children()]
+    names += [n for n, _ in model.named_parameters(recurse=False)]
+    return names
+
+
+def _matches(name: str, prefix: str) -> bool:
+    """`prefix` names a module path: ``fc`` matches ``fc.weight``, not ``fc3.weight``."""
+    return name == prefix or name.startswith(prefix if prefix.endswith(".") else prefix + ".")
+
+
+def param_groups(model: nn.Module, params: OptimizerParams) -> list[dict]:
+    """The optimizer's parameter groups: the rest first, then one per optimizer.groups entry.
+
+    Group 0 holds every trainable parameter no prefix matched, at optimizer.lr; group i+1
+    holds those of optimizer.groups[i], at optimizer.lr * lr_mult (the tutorial's ``fc3`` at
+    10x). The order is fixed even when group 0 is empty, so a per-group list elsewhere
+    (LambdaLR formulas, OneCycleLR max_lr) lines up with ``[rest, *optimizer.groups]``.
+
+    A prefix matches a parameter name at a module boundary (``fc`` matches ``fc.weight``,
+    not ``fc3.weight``). A parameter matched by two prefixes goes to the *first* group that
+    lists it. Frozen parameters (requires_grad False, see model.freeze) are left out. Each
+    group carries a ``prefix`` key (None for the rest) for logging.
+    """
+    named = list(model.named_parameters())
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    if not trainable:
+        raise ParamsError("model.freeze", "every parameter is frozen: there is nothing to train")
+    owner: dict[str, int] = {}
+    for i, group in enumerate(params.groups):
+        key = f"optimizer.groups.{i}.prefix"
+        hits = [n for n, _ in named if _matches(n, group.prefix)]
+        live = [n for n, p in trainable if _matches(n, group.prefix)]
+        if not hits:
+            raise ParamsError(key, "matches no parameter of the model", group.prefix,
+                              _top_level_names(model))
+        if not live:
+            raise ParamsError(key, "matches only frozen parameters (model.freeze)", group.prefix,
+                              _top_level_names(model))
+        new = [n for n in live if n not in owner]
+        if not new:
+            first = owner[live[0]]
+            raise ParamsError(
+                key,
+                f"every parameter it matches is already in optimizer.groups.{first} "
+                "(the first matching prefix wins); reorder or remove it",
+                group.prefix,
+            )
+        for n in new:
+            owner[n] = i
+    groups = [{"params": [], "lr": params.lr, "prefix": None}] + [
+        {"params": [], "lr": params.lr * g.lr_mult, "prefix": g.prefix} for g in params.groups
+    ]
+    for n, p in trainable:
+        groups[owner[n] + 1 if n in owner else 0]["params"].append(p)
+    return groups
+
+
+def _check_muon_shapes(model: nn.Module, name: str) -> None:
+    bad = [(n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad and p.ndim != 2]
+    if bad:
+        shown = ", ".join(f"{n} {list(s)}" for n, s in bad[:4])
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise ParamsError(
+            "optimizer.name",
+            f"{name} only updates 2-D weight matrices, and this model has {len(bad)} trainable "
+            f"parameters of other shapes ({shown}{more}); freeze them with model.freeze or "
+            "pick another optimizer",
+            name,
+        )
+
+
+def build_optimizer(params: OptimizerParams, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer for `model`'s trainable parameters, grouped by `param_groups`."""
+    cls, kwargs = _resolve(params)
+    if getattr(torch.optim, "Muon", None) is not None and issubclass(cls, torch.optim.Muon):
+        _check_muon_shapes(model, params.name)
+    return _construct(cls, param_groups(model, params), params, kwargs)
