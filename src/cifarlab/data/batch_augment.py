@@ -1,0 +1,549 @@
+"""The fast path: augment whole uint8 batches as tensors, on the batch's device.
+
+The training stage decodes every image once into a uint8 tensor [N, 3, 32, 32]; this module
+augments a batch of it in a handful of vectorized tensor ops with per-sample random
+parameters, on the CPU or the GPU, so the model never waits for per-image PIL or
+torchvision work (at 32x32 that per-image overhead, not the arithmetic, is the whole cost).
+
+Geometry (crops, padding, flips, integer translations) is expressed as per-sample *index
+maps*: for each output row and column, which input row and column it reads (or -1: fill).
+Consecutive geometric ops compose their maps on [B, H] and [B, W] integer tensors, so a
+RandomCrop with padding followed by a flip costs one gather over the batch however many
+geometric entries the list has, and no padded copy of the batch is ever made. Pixel ops
+(Normalize, RandomErasing) then run on the float [B, C, H, W] batch, where per-channel
+constants broadcast over contiguous H*W runs (measured faster on CPU than broadcasting over
+a channels-last C of 3); a channels_last input gets a channels_last output at the end.
+
+The semantics match torchvision's per-sample transforms entry by entry (same parameter
+distributions, same fill and padding rules, same list order), so switching between this and
+`transforms.build_transform` changes speed, not the experiment. Lists with any entry this
+module does not cover get `None` from `plan` and the stage falls back to the per-sample path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from . import transforms as T
+
+Size = tuple[int, int]
+
+
+class _Uncovered(Exception):
+    """An entry the fast path cannot reproduce exactly; the message says why."""
+
+
+class _Draw:
+    """Per-sample random numbers from the caller's generator.
+
+    Numbers are drawn on the generator's device and moved to the batch's, so a CPU generator
+    gives the same augmentation whether the batch is on the CPU or the GPU. Only [B]-sized
+    parameter tensors move, except RandomErasing's 'random' noise.
+    """
+
+    def __init__(self, generator: Optional[torch.Generator], device: torch.device):
+        self.generator = generator
+        self.source = generator.device if generator is not None else device
+        self.device = device
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        out = torch.rand(shape, generator=self.generator, device=self.source)
+        return out.to(self.device, non_blocking=True)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        out = torch.randn(shape, generator=self.generator, device=self.source)
+        return out.to(self.device, non_blocking=True)
+
+    def below(self, high: torch.Tensor | int, n: int) -> torch.Tensor:
+        """n integers, the k-th uniform in [0, high_k) (high >= 1): torch.randint per sample."""
+        u = self.rand(n)
+        high_t = torch.as_tensor(high, device=self.device)
+        return torch.minimum((u * high_t).long(), high_t - 1)
+
+
+# --- geometry ------------------------------------------------------------------------------
+
+
+def _fold(k: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """Coordinates of a padded image -> coordinates in the n-long original, per padding mode.
+
+    The same rules as torch/torchvision padding: constant reads the fill (-1 here), edge
+    repeats the border, reflect mirrors without repeating it, symmetric mirrors repeating it.
+    """
+    if mode == "constant":
+        return torch.where((k >= 0) & (k < n), k, -1)
+    if mode == "edge":
+        return k.clamp(0, n - 1)
+    if mode == "reflect":
+        if n == 1:
+            return torch.zeros_like(k)
+        period = 2 * (n - 1)
+        k = k.remainder(period)
+        return torch.where(k >= n, period - k, k)
+    if mode == "symmetric":
+        period = 2 * n
+        k = k.remainder(period)
+        return torch.where(k >= n, period - 1 - k, k)
+    raise ValueError(mode)
+
+
+def _compose(old: Optional[torch.Tensor], new: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Apply map `new` after map `old`: out[i] = old[new[i]], -1 (fill) where either says so."""
+    if new is None:
+        return old
+    if old is None:
+        return new
+    return torch.where(new < 0, -1, old.gather(1, new.clamp(min=0)))
+
+
+class _IndexOp(nn.Module):
+    """A geometric op: per-sample row and column maps (None where it leaves an axis alone)."""
+
+    #: Fill value (per channel or one for all) for coordinates mapped to -1; None if none are.
+    fill: Optional[tuple[float, ...]] = None
+
+    def __init__(self, in_size: Size, out_size: Size):
+        super().__init__()
+        self.in_size, self.out_size = in_size, out_size
+
+    def maps(self, b: int, draw: _Draw) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        raise NotImplementedError
+
+
+class _Window(_IndexOp):
+    """Pad (by mode) then take an out_size window at a fixed or per-sample random offset.
+
+    Covers Pad, CenterCrop and RandomCrop (with padding and pad_if_needed).
+    """
+
+    def __init__(self, in_size: Size, out_size: Size, pad_lt: Size, pad_rb: Size, mode: str,
+                 fill: Optional[tuple[float, ...]], offset: Optional[Size]):
+        super().__init__(in_size, out_size)
+        self.pad_l, self.pad_t = pad_lt
+        self.pad_r, self.pad_b = pad_rb
+        self.mode = mode
+        self.fill = fill if mode == "constant" else None
+        self.offset = offset  # (top, left), or None for a random one per sample
+
+    def _axis(self, b: int, n_in: int, n_out: int, pad0: int, pad1: int, fixed: Optional[int],
+              draw: _Draw) -> Optional[torch.Tensor]:
+        ar = torch.arange(n_out, device=draw.device)
+        if fixed is not None:
+            if fixed == pad0 and n_out == n_in:
+                return None  # this axis is untouched
+            return _fold(ar + (fixed - pad0), n_in, self.mode).expand(b, n_out)
+        start = draw.below(n_in + pad0 + pad1 - n_out + 1, b)
+        return _fold(start[:, None] + ar - pad0, n_in, self.mode)
+
+    def maps(self, b, draw):
+        (h, w), (oh, ow) = self.in_size, self.out_size
+        top, left = self.offset if self.offset is not None else (None, None)
+        # torchvision draws top then left; the same order keeps the code easy to compare.
+        rows = self._axis(b, h, oh, self.pad_t, self.pad_b, top, draw)
+        cols = self._axis(b, w, ow, self.pad_l, self.pad_r, left, draw)
+        return rows, cols
+
+    def extra_repr(self):
+        where = "random" if self.offset is None else f"offset={self.offset}"
+        return (f"{self.in_size}->{self.out_size}, pad_ltrb=({self.pad_l}, {self.pad_t}, "
+                f"{self.pad_r}, {self.pad_b}), mode={self.mode}, fill={self.fill}, {where}")
+
+
+class _Flip(_IndexOp):
+    """Reverse one axis for the samples whose coin (rand < p, as torchvision) comes up."""
+
+    def __init__(self, size: Size, axis: int, p: float):
+        super().__init__(size, size)
+        self.axis, self.p = axis, p
+
+    def maps(self, b, draw):
+        n = self.in_size[self.axis]
+        flip = draw.rand(b) < self.p
+        ar = torch.arange(n, device=draw.device)
+        m = torch.where(flip[:, None], n - 1 - ar, ar)
+        return (m, None) if self.axis == 0 else (None, m)
+
+    def extra_repr(self):
+        return f"axis={'rows' if self.axis == 0 else 'cols'}, p={self.p}"
+
+
+class _Translate(_IndexOp):
+    """RandomAffine with translation only: integer shifts, as torchvision rounds them."""
+
+    def __init__(self, size: Size, translate: tuple[float, float], fill: tuple[float, ...]):
+        super().__init__(size, size)
+        self.max_dx = float(translate[0] * size[1])
+        self.max_dy = float(translate[1] * size[0])
+        self.fill = fill
+
+    def maps(self, b, draw):
+        h, w = self.in_size
+        # torchvision: tx = round(uniform(-max_dx, max_dx)), then ty; round half to even both.
+        tx = torch.round((draw.rand(b) * 2 - 1) * self.max_dx).long()
+        ty = torch.round((draw.rand(b) * 2 - 1) * self.max_dy).long()
+        rows = _fold(torch.arange(h, device=draw.device) - ty[:, None], h, "constant")
+        cols = _fold(torch.arange(w, device=draw.device) - tx[:, None], w, "constant")
+        return rows, cols
+
+    def extra_repr(self):
+        return f"max_dx={self.max_dx}, max_dy={self.max_dy}, fill={self.fill}"
+
+
+def _gather(x: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor],
+            fill: Optional[tuple[float, ...]]) -> torch.Tensor:
+    """One gather over the flattened H*W of a [B, C, H, W] batch -> contiguous [B, C, h, w].
+
+    The row and column maps combine into one flat index per output pixel, shared by the
+    channels (an expanded view, not a copy). Fill pixels read a sentinel column appended after
+    the last pixel: any -1 pushes the index past it and one clamp lands it there, which is
+    cheaper than masking the output afterwards.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    if rows is None:
+        rows = torch.arange(h, device=dev).expand(b, h)
+    if cols is None:
+        cols = torch.arange(w, device=dev).expand(b, w)
+    oh, ow = rows.shape[1], cols.shape[1]
+    beyond = 2 * h * w
+    idx = (torch.where(rows < 0, beyond, rows * w)[:, :, None]
+           + torch.where(cols < 0, beyond, cols)[:, None, :])
+    src = x.reshape(b, c, h * w)
+    if fill is not None:
+        idx = idx.clamp_(max=h * w)
+        value = torch.tensor(fill, dtype=torch.float64).to(x.dtype).to(dev)
+        src = torch.cat([src, value.reshape(1, -1, 1).expand(b, c, 1)], dim=2)
+    out = src.gather(2, idx.reshape(b, 1, oh * ow).expand(b, c, oh * ow))
+    return out.view(b, c, oh, ow)
+
+
+# --- pixel ops (on float [B, C, H, W] batches scaled to 0..1) ------------------------------
+
+
+class _PixelOp(nn.Module):
+    def forward(self, x: torch.Tensor, draw: _Draw) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _ToFloat(_PixelOp):
+    """ToTensor / ToDtype(float32, scale=True): the conversion itself happens before any
+    pixel op; this marks where, so later geometry fills in float units as torchvision would."""
+
+    def forward(self, x, draw):
+        return x
+
+
+class _Normalize(_PixelOp):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+
+    def forward(self, x, draw):
+        # x is always a fresh tensor of ours (the float conversion made it): in place is safe.
+        return x.sub_(self.mean.to(x.device)[:, None, None]).div_(self.std.to(x.device)[:, None, None])
+
+    def extra_repr(self):
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+class _Erase(_PixelOp):
+    """RandomErasing, torchvision's rejection sampling vectorized over samples and attempts.
+
+    Per sample: with probability p, up to 10 attempts of (area fraction ~ U(scale),
+    log aspect ~ U(log ratio)), h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect));
+    the first attempt with h < H and w < W wins, at a uniform position; none: no erasing.
+    """
+
+    ATTEMPTS = 10
+
+    def __init__(self, p: float, scale: tuple[float, float], ratio: tuple[float, float],
+                 value: Optional[tuple[float, ...]]):
+        super().__init__()
+        self.p, self.scale, self.ratio = float(p), tuple(map(float, scale)), tuple(map(float, ratio))
+        self.value = value  # None: per-pixel standard normal noise ('random')
+
+    def forward(self, x, draw):
+        b, c, h, w = x.shape
+        dev = x.device
+        u_area = draw.rand(b, self.ATTEMPTS).double()
+        u_ratio = draw.rand(b, self.ATTEMPTS).double()
+        area = h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * u_area)
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(lo + (hi - lo) * u_ratio)
+        eh = torch.round(torch.sqrt(area * aspect)).long()
+        ew = torch.round(torch.sqrt(area / aspect)).long()
+        ok = (eh < h) & (ew < w)
+        first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # first True (argmax: first max)
+        eh = eh.gather(1, first).squeeze(1).clamp(max=h)
+        ew = ew.gather(1, first).squeeze(1).clamp(max=w)
+        top = draw.below(h - eh + 1, b)
+        left = draw.below(w - ew + 1, b)
+        apply = (draw.rand(b) < self.p) & ok.any(dim=1)
+        r = torch.arange(h, device=dev)
+        q = torch.arange(w, device=dev)
+        in_rows = (r >= top[:, None]) & (r < (top + eh)[:, None]) & apply[:, None]
+        in_cols = (q >= left[:, None]) & (q < (left + ew)[:, None])
+        mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # [B, 1, H, W]
+        if self.value is None:
+            value = draw.randn(b, c, h, w)
+        else:
+            value = torch.tensor(self.value, dtype=x.dtype, device=dev)[:, None, None]
+        return torch.where(mask, value, x)
+
+    def extra_repr(self):
+        return f"p={self.p}, scale={self.scale}, ratio={self.ratio}, value={self.value or 'random'}"
+
+
+# --- params -> ops ---------------------------------------------------------------------------
+
+
+def _size(value: Any) -> Size:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    return (value[0], value[0]) if len(value) == 1 else (value[0], value[1])
+
+
+def _padding(value: Any) -> tuple[int, int, int, int]:
+    """torchvision's rule: int, [all], [left/right, top/bottom] or [left, top, right, bottom]."""
+    if value is None:
+        return 0, 0, 0, 0
+    if isinstance(value, int):
+        return value, value, value, value
+    value = tuple(value)
+    if len(value) == 1:
+        return value * 4
+    if len(value) == 2:
+        return value[0], value[1], value[0], value[1]
+    return value
+
+
+def _fill(value: Any) -> tuple[float, ...]:
+    if isinstance(value, dict):
+        raise _Uncovered("per-type fill")
+    if value is None:
+        return (0.0,)
+    if isinstance(value, (int, float)):
+        return (float(value),)
+    return tuple(float(v) for v in value)
+
+
+Ops = list[nn.Module]
+Handler = Callable[[dict, Size, str, Optional[dict]], tuple[Ops, Size]]
+
+
+def _random_crop(kw, size, path, stats):
+    oh, ow = _size(kw["size"])
+    l, t, r, b = _padding(kw["padding"])
+    h, w = size
+    if kw["pad_if_needed"]:  # as torchvision: pad both sides by the shortfall
+        if h + t + b < oh:
+            d = oh - (h + t + b)
+            t, b = t + d, b + d
+        if w + l + r < ow:
+            d = ow - (w + l + r)
+            l, r = l + d, r + d
+    return [_Window(size, (oh, ow), (l, t), (r, b), kw["padding_mode"], _fill(kw["fill"]), None)], (oh, ow)
+
+
+def _center_crop(kw, size, path, stats):
+    oh, ow = _size(kw["size"])
+    h, w = size
+    # torchvision pads with zeros to the crop size first, then rounds the anchor.
+    pl, pt = max(ow - w, 0) // 2, max(oh - h, 0) // 2
+    pr, pb = (max(ow - w, 0) + 1) // 2, (max(oh - h, 0) + 1) // 2
+    top = int(round((h + pt + pb - oh) / 2.0))
+    left = int(round((w + pl + pr - ow) / 2.0))
+    op = _Window(size, (oh, ow), (pl, pt), (pr, pb), "constant", (0.0,), (top, left))
+    return [op], (oh, ow)
+
+
+def _pad(kw, size, path, stats):
+    l, t, r, b = _padding(kw["padding"])
+    out = (size[0] + t + b, size[1] + l + r)
+    return [_Window(size, out, (l, t), (r, b), kw["padding_mode"], _fill(kw["fill"]), (0, 0))], out
+
+
+def _flip(axis: int) -> Handler:
+    def handler(kw, size, path, stats):
+        return [_Flip(size, axis, float(kw["p"]))], size
+    return handler
+
+
+def _zero(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (int, float)):
+        return value == 0
+    return all(v == 0 for v in value)
+
+
+def _affine(kw, size, path, stats):
+    reasons = []
+    if not _zero(kw["degrees"]):
+        reasons.append("rotation")
+    if kw["scale"] is not None and any(s != 1 for s in kw["scale"]):
+        reasons.append("scale")
+    if not _zero(kw["shear"]):
+        reasons.append("shear")
+    if reasons:
+        raise _Uncovered("/".join(reasons) + "; only translations are covered")
+    if kw["translate"] is None or _zero(kw["translate"]):
+        return [], size
+    return [_Translate(size, tuple(kw["translate"]), _fill(kw["fill"]))], size
+
+
+def _erasing(kw, size, path, stats):
+    value = kw["value"]
+    if isinstance(value, str):
+        value = None
+    elif isinstance(value, (int, float)):
+        value = (float(value),)
+    else:
+        value = tuple(float(v) for v in value)
+    return [_Erase(kw["p"], kw["scale"], kw["ratio"], value)], size
+
+
+def _to_dtype(kw, size, path, stats):
+    if kw["dtype"] == torch.float32 and kw.get("scale", True):
+        return [_ToFloat()], size
+    raise _Uncovered("only float32 with scale=True is covered")
+
+
+def _noop(kw, size, path, stats):
+    return [], size
+
+
+def _to_float(kw, size, path, stats):
+    return [_ToFloat()], size
+
+
+# Handlers read kwargs resolved by transforms.resolve_kwargs: both paths share the defaults.
+_HANDLERS: dict[str, Handler] = {
+    "RandomCrop": _random_crop,
+    "CenterCrop": _center_crop,
+    "Pad": _pad,
+    "RandomHorizontalFlip": _flip(1),
+    "RandomVerticalFlip": _flip(0),
+    "RandomAffine": _affine,
+    "RandomErasing": _erasing,
+    "ToDtype": _to_dtype,
+    "ConvertImageDtype": _to_dtype,
+    "ToImage": _noop,
+    "PILToTensor": _noop,
+    "ToPureTensor": _noop,
+    "Identity": _noop,
+}
+
+#: Names the fast path covers (RandomAffine: translations only; ToDtype: float32 scaled).
+COVERED = tuple(sorted([*_HANDLERS, "Normalize", "ToTensor", "Lambda(fn=identity)", "Compose"]))
+
+
+class _Planner:
+    """Entries -> ops, collecting the uncovered ones instead of stopping at the first."""
+
+    def __init__(self, stats: Optional[dict], check_only: bool):
+        self.stats, self.check_only = stats, check_only
+        self.missing: list[str] = []
+
+    def walk(self, entries: list, path: str, size: Size) -> tuple[Ops, Size]:
+        ops: Ops = []
+        for i, entry in enumerate(entries):
+            where = f"{path}.{i}"
+            name, kwargs = T.parse_entry(entry, where)
+            try:
+                built, size = self.one(name, kwargs, where, size)
+                ops += built
+            except _Uncovered as why:
+                self.missing.append(f"{name} ({why})" if str(why) else name)
+        return ops, size
+
+    def one(self, name: str, kwargs: dict, path: str, size: Size) -> tuple[Ops, Size]:
+        if name == "Normalize":
+            mean, std = T.normalize_args(kwargs, self.stats, path, check_only=self.check_only)
+            return [_Normalize(mean, std)], size
+        if name == "ToTensor":
+            return [_ToFloat()], size
+        if name == "Lambda":
+            if kwargs.get("fn") == "identity":
+                return [], size
+            raise _Uncovered(f"fn={kwargs.get('fn')}")
+        if name == "Compose":
+            return self.walk(kwargs.get("transforms") or [], f"{path}.Compose.transforms", size)
+        handler = _HANDLERS.get(name)
+        if handler is None:
+            raise _Uncovered("")
+        return handler(T.resolve_kwargs(name, kwargs, path), size, path, self.stats)
+
+
+class BatchAugment(nn.Module):
+    """A planned list: uint8 [B, C, H, W] -> float32 [B, C, H', W'] scaled to 0..1.
+
+    Normalized where the list has Normalize; deterministic given the generator's seed; the
+    output keeps the input's memory format (channels_last in, channels_last out).
+    """
+
+    def __init__(self, ops: Ops, in_size: Size, out_size: Size):
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+        self.in_size, self.out_size = tuple(in_size), tuple(out_size)
+
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if x.dim() != 4 or x.dtype != torch.uint8 or tuple(x.shape[-2:]) != self.in_size:
+            raise ValueError(f"BatchAugment expects a uint8 batch [B, C, {self.in_size[0]}, "
+                             f"{self.in_size[1]}], got {x.dtype} {tuple(x.shape)}")
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        draw = _Draw(generator, x.device)
+        b = x.shape[0]
+        cur = x
+        rows = cols = None
+        fill: Optional[tuple[float, ...]] = None
+        for op in self.ops:
+            if isinstance(op, _IndexOp):
+                if op.fill is not None and fill is not None and op.fill != fill:
+                    cur, rows, cols, fill = _gather(cur, rows, cols, fill), None, None, None
+                r, c = op.maps(b, draw)
+                rows, cols = _compose(rows, r), _compose(cols, c)
+                fill = fill if op.fill is None else op.fill
+                continue
+            if rows is not None or cols is not None:
+                cur, rows, cols, fill = _gather(cur, rows, cols, fill), None, None, None
+            if not cur.is_floating_point():
+                cur = cur.to(torch.float32).mul_(1.0 / 255)
+            cur = op(cur, draw)
+        if rows is not None or cols is not None:
+            cur = _gather(cur, rows, cols, fill)
+        if not cur.is_floating_point():
+            cur = cur.to(torch.float32).mul_(1.0 / 255)
+        return cur.contiguous(memory_format=torch.channels_last if channels_last
+                              else torch.contiguous_format)
+
+    def extra_repr(self):
+        return f"in_size={self.in_size}, out_size={self.out_size}"
+
+
+def uncovered(entries: list[dict], image_size: Size = (32, 32)) -> list[str]:
+    """The entries that keep a list off the fast path, e.g. ['ColorJitter',
+    'RandomAffine (rotation; only translations are covered)'], for the fallback's log line."""
+    planner = _Planner(stats=None, check_only=True)
+    planner.walk(list(entries), "augment", tuple(image_size))
+    return planner.missing
+
+
+def plan(entries: list[dict], stats: Optional[dict], key: str,
+         image_size: Size = (32, 32)) -> Optional[BatchAugment]:
+    """A BatchAugment if every entry is covered, else None (use build_transform instead).
+
+    Entries are validated first exactly as the per-sample path does, so a bad list fails the
+    same way whichever path would have run it.
+    """
+    T.check_transforms(entries, key, tuple(image_size))
+    planner = _Planner(stats=stats, check_only=False)
+    ops, out_size = planner.walk(list(entries), key, tuple(image_size))
+    if planner.missing:
+        return None
+    return BatchAugment(ops, tuple(image_size), out_size)
