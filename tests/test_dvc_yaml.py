@@ -1,5 +1,4 @@
 """dvc.yaml must declare exactly the code each stage runs, or DVC reruns too much or too little."""
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,22 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 DATA_STAGES = ["unpack", "split", "index", "stats"]
 
-PROBE = """
-import importlib.util, json, sys
-sys.argv = [{script!r}]
-sys.path.insert(0, {stages!r})
-spec = importlib.util.spec_from_file_location("stage_probe", {script!r})
-spec.loader.exec_module(importlib.util.module_from_spec(spec))
-files = sorted({{m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None)}})
-print(json.dumps([f for f in files if f.startswith({src!r})]))
-"""
-
-
-def imported_files(script: Path) -> set[str]:
-    code = PROBE.format(script=str(script), stages=str(ROOT / "stages"), src=str(ROOT / "src" / "cifarlab"))
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    return {Path(f).relative_to(ROOT).as_posix() for f in json.loads(out.stdout)
-            if not f.endswith("__init__.py")}
+from code_deps import closure
 
 
 @pytest.mark.parametrize("name", list(DVC))
@@ -34,7 +18,7 @@ def test_code_deps_are_exactly_the_imported_modules(name):
     stage = DVC[name]
     script = stage["cmd"].split()[1]
     declared = {d for d in stage["deps"] if d.endswith(".py")}
-    expected = imported_files(ROOT / script) | {script}
+    expected = closure(ROOT / script) | {script}
     assert declared == expected, (
         f"stage {name}: missing from dvc.yaml deps: {sorted(expected - declared)}; "
         f"declared but not imported: {sorted(declared - expected)}")

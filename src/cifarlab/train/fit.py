@@ -1,0 +1,219 @@
+"""The train stage's work: assemble everything from params, train, validate, save, resume.
+
+Everything that can be checked is checked before the first step (names and arguments of
+every component, every image of both indexes), so a typo or a broken file costs seconds,
+not an epoch. Only rank 0 writes files; other ranks train on their share of the data.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_dir, write_json, write_text
+from ..data.dataset import load_tensors
+from ..data.index import read_index
+from ..data.layout import read_meta
+from ..errors import CifarlabError
+from ..params import Params
+from .checkpoint import CheckpointDir, fingerprint, tensor_digest
+from .device import setup_runtime
+from .loop import Dist, evaluate, train_one_epoch
+from .sources import make_source
+
+CODE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Paths:
+    train_index: Path
+    valid_index: Path
+    stats: Path
+    meta: Path
+    models: Path  # folder: model.pt (best by validation accuracy), last.pt
+    reports: Path  # folder: history.csv, metrics.json, summary.txt
+    tensorboard: Path  # folder: this stage's own TensorBoard run
+    checkpoints: Path = Path("checkpoints")
+    root: Path = Path(".")
+
+
+def check_all(params: Params, steps_per_epoch: int = 10) -> None:
+    """Every component's name and arguments, against the libraries, before any work."""
+    from ..data.transforms import check_transforms
+    from ..models.registry import check_model
+    from .losses import check_loss
+    from .optimizers import check_optimizer
+    from .schedulers import check_scheduler
+
+    check_model(params.model)
+    check_loss(params.loss)
+    check_optimizer(params.optimizer)
+    check_scheduler(params.scheduler, params.optimizer, epochs=params.train.epochs, steps_per_epoch=steps_per_epoch)
+    check_transforms(params.augment.train, "augment.train")
+    check_transforms(params.augment.eval, "augment.eval")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def training_params(params: Params) -> dict:
+    """The params that decide the result (not threads, workers or the device's name)."""
+    d = params.model_dump(mode="json")
+    keep = {k: d[k] for k in ("seed", "model", "augment", "loss", "optimizer", "scheduler")}
+    keep["train"] = {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile")}
+    return keep
+
+
+def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
+    from ..models.registry import create_model
+    from ..models.summary import summarize
+    from .losses import build_loss
+    from .optimizers import build_optimizer, needs_closure
+    from .schedulers import build_scheduler
+
+    tp = params.train
+    stats = json.loads(Path(paths.stats).read_text())
+    classes = read_meta(paths.meta)["classes"]
+    n_train = len(read_index(paths.train_index, len(classes)))
+    check_all(params, steps_per_epoch=-(-n_train // (tp.batch_size * dist.world)))
+    runtime = setup_runtime(tp.device, tp.amp, tp.threads, params.model.channels_last)
+    seed_everything(params.seed)
+
+    t0 = time.perf_counter()
+    train_x, train_y = load_tensors(paths.train_index, paths.root, len(classes))
+    valid_x, valid_y = load_tensors(paths.valid_index, paths.root, len(classes))
+    log(f"train: {len(train_y)} training and {len(valid_y)} validation images decoded in "
+        f"{time.perf_counter() - t0:.2f} s; device {runtime.device}"
+        + (f", mixed precision {runtime.amp_dtype}" if runtime.amp_dtype else ""))
+
+    model = create_model(params.model, num_classes=len(classes), log=log if dist.main else (lambda *_: None))
+    model.to(runtime.device)
+    summary = summarize(model) if dist.main else ""
+    batch_size = tp.batch_size
+    train_src = make_source(params.augment.train, "augment.train", params.augment.backend, train_x, train_y,
+                            paths.train_index, stats, runtime, batch_size, params.seed, True, tp.num_workers, dist, log)
+    valid_src = make_source(params.augment.eval, "augment.eval", params.augment.backend, valid_x, valid_y,
+                            paths.valid_index, stats, runtime, max(batch_size, 256), params.seed, False,
+                            tp.num_workers, Dist(), log)
+    from ..data.transforms import is_multicrop
+
+    ncrops = is_multicrop(params.augment.eval)
+    loss_fn = build_loss(params.loss, num_classes=len(classes)).to(runtime.device)
+    train_model = model
+    if dist.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if tp.compile:
+        train_model = torch.compile(train_model)
+    optimizer = build_optimizer(params.optimizer, model)
+    scheduler = build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src))
+    scaler = runtime.scaler()
+    closure = needs_closure(optimizer)
+
+    fp = fingerprint(training_params(params), tensor_digest(train_x, train_y, valid_x, valid_y)
+                     + json.dumps(stats, sort_keys=True) + str(dist.world), CODE_ROOT)
+    ckpt = CheckpointDir(paths.checkpoints, fp)
+    history: list[dict] = []
+    best = {"acc": -1.0, "epoch": -1, "state": None}
+    start_epoch = 0
+    tb_saved: dict[str, bytes] = {}
+    if ckpt.exists():
+        state = ckpt.load()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        tb_saved = state.get("tensorboard", {})
+        log(f"train: resuming from the checkpoint of epoch {start_epoch} ({ckpt.path})")
+
+    writer = None
+    if dist.main:
+        from .tensorboard import TrainLogger
+
+        writer = TrainLogger(paths.tensorboard, restore=tb_saved, histograms=tp.histograms)
+        if start_epoch == 0:
+            writer.start(model, params, summary)
+
+    for epoch in range(start_epoch, tp.epochs):
+        seed_everything(params.seed * 1_000_003 + epoch)  # dropout and per-sample transforms, resumable
+        tr = train_one_epoch(train_model, loss_fn, optimizer, scheduler, train_src, epoch, runtime, scaler, closure)
+        totals = dist.reduce(torch.tensor([tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]],
+                                          dtype=torch.float64, device=runtime.device)).tolist()
+        tr_loss, tr_acc = totals[0] / totals[2], totals[1] / totals[2]
+        va = evaluate(model, loss_fn, valid_src, runtime, ncrops)
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        scheduler.step_epoch({"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss,
+                              "train_acc": tr_acc})
+        row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va["loss"],
+               "valid_acc": va["acc"], **{f"lr_{i}": lr for i, lr in enumerate(lrs)},
+               "epoch_seconds": tr["seconds"], "images_per_second": totals[2] / tr["seconds"]}
+        history.append(row)
+        if va["acc"] > best["acc"]:
+            best = {"acc": va["acc"], "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
+            f"{va['loss']:.4f} acc {va['acc']:.4f} | lr {lrs[0]:.3g} | {tr['seconds']:.1f} s, "
+            f"{row['images_per_second']:.0f} img/s")
+        if dist.main:
+            writer.epoch(model, row, lrs)
+            ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                       "history": history, "best": best, "rng": {"torch": torch.get_rng_state()},
+                       "fingerprint": fp, "tensorboard": writer.snapshot()})
+
+    result = {"history": history, "best": best}
+    if dist.main:
+        hp_metrics = write_outputs(params, paths, model, best, history, classes, stats, summary)
+        writer.finish(params, hp_metrics)
+        ckpt.finish()
+        result["metrics"] = hp_metrics
+    return result
+
+
+def write_outputs(params: Params, paths: Paths, model, best: dict, history: list[dict], classes, stats,
+                  summary: str) -> dict:
+    from ..artifact import save_model
+
+    info = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=classes, normalize=stats,
+                eval_transforms=params.augment.eval, channels_last=params.model.channels_last)
+    with atomic_dir(paths.models) as tmp:
+        save_model(tmp / "last.pt", model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
+        best_model = model
+        if best["state"] is not None:
+            best_model.load_state_dict(best["state"])
+        save_model(tmp / "model.pt", best_model, epoch=best["epoch"], valid_acc=best["acc"], **info)
+    last = history[-1]
+    metrics = {"best_valid_acc": best["acc"], "best_epoch": best["epoch"], "final_valid_acc": last["valid_acc"],
+               "final_valid_loss": last["valid_loss"], "final_train_acc": last["train_acc"],
+               "final_train_loss": last["train_loss"], "epochs": len(history)}
+    # timings vary run to run: kept apart so identical runs give identical metrics
+    timing = {"train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
+              "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1)}
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    w.writeheader()
+    for r in history:
+        w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    write_text(paths.reports / "history.csv", buf.getvalue())
+    write_json(paths.reports / "metrics.json", metrics)
+    write_json(paths.reports / "timing.json", timing)
+    write_text(paths.reports / "summary.txt", summary + "\n")
+    return metrics
+
+
+def raise_if_missing(*files: Path) -> None:
+    for f in files:
+        if not Path(f).exists():
+            raise CifarlabError(f"{f}: missing; run `dvc repro` to build the data stages first")

@@ -1,0 +1,209 @@
+"""The epoch loop, in the style of torchvision's reference scripts: train_one_epoch, evaluate.
+
+Batches come from a `BatchSource`: either the in-memory fast path (every image decoded once
+into a uint8 tensor on the device, augmented as whole batches) or a DataLoader (per-sample
+torchvision transforms, or the tutorial's per-image PIL path). The loop itself does not
+care which, and a distributed run only changes which indices a rank draws.
+
+Loss sums stay on the device and are read once per epoch, so a GPU never waits on a
+per-step `.item()`; a non-finite loss is recorded (first bad step) the same way and stops
+training at the end of the epoch, before anything is saved from it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ..errors import CifarlabError
+from .device import Runtime
+
+
+class NonFiniteLoss(CifarlabError):
+    pass
+
+
+@dataclass
+class Dist:
+    """This process's place in a distributed run (rank 0 of 1 when there is none)."""
+
+    rank: int = 0
+    world: int = 1
+    reduce: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)  # sums across ranks
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's share of epoch `epoch`'s shuffled order, as DistributedSampler deals it.
+
+    Derived from (seed, epoch) alone, so a resumed run sees the same order as an
+    uninterrupted one without saving any generator state.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    if world > 1:
+        total = math.ceil(n / world) * world
+        perm = torch.cat([perm, perm[: total - n]])[rank::world]
+    return perm
+
+
+@dataclass
+class TensorSource:
+    """The fast path: uint8 images held on the device, augmented per batch with `augment`."""
+
+    images: torch.Tensor  # uint8 [N, 3, H, W], on the device
+    labels: torch.Tensor  # int64 [N], on the device
+    augment: Callable  # (uint8 batch, generator) -> float batch
+    batch_size: int
+    seed: int
+    shuffle: bool = True
+    rank: int = 0
+    world: int = 1
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.labels) / self.world) if self.shuffle else len(self.labels)
+        return math.ceil(n / self.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        if self.shuffle:
+            order = epoch_permutation(n, self.seed, epoch, self.rank, self.world).to(self.images.device)
+        else:
+            order = torch.arange(n, device=self.images.device)
+        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
+        for idx in order.split(self.batch_size):
+            yield self.augment(self.images[idx], g), self.labels[idx]
+
+
+@dataclass
+class LoaderSource:
+    """Per-sample transforms through a DataLoader (workers, pinned memory on CUDA)."""
+
+    dataset: torch.utils.data.Dataset
+    batch_size: int
+    seed: int
+    device: torch.device
+    shuffle: bool = True
+    num_workers: int = 0
+    rank: int = 0
+    world: int = 1
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.dataset) / self.world) if self.shuffle else len(self.dataset)
+        return math.ceil(n / self.batch_size)
+
+    def batches(self, epoch: int):
+        if self.shuffle:
+            sampler = epoch_permutation(len(self.dataset), self.seed, epoch, self.rank, self.world).tolist()
+        else:
+            sampler = range(len(self.dataset))
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda", generator=g, persistent_workers=False)
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _prepare(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                    source, epoch: int, runtime: Runtime, scaler: torch.amp.GradScaler,
+                    needs_closure: bool = False, log_every: int = 0, log=print) -> dict:
+    """One pass over the training data; returns loss, accuracy, images and seconds."""
+    model.train()
+    dev = runtime.device
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    correct = torch.zeros((), device=dev, dtype=torch.int64)
+    first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
+    seen = 0
+    start = time.perf_counter()
+    for step, (x, y) in enumerate(source.batches(epoch)):
+        x = _prepare(x, runtime)
+        if needs_closure:
+            captured = {}
+
+            def closure():
+                optimizer.zero_grad(set_to_none=True)
+                with runtime.autocast():
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                loss.backward()
+                captured.setdefault("out", out.detach())
+                captured.setdefault("loss", loss.detach())
+                return loss
+
+            optimizer.step(closure)
+            out, loss = captured["out"], captured["loss"]
+        else:
+            with runtime.autocast():
+                out = model(x)
+                loss = loss_fn(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        scheduler.step_batch()
+        loss = loss.detach().float()
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), torch.tensor(step, device=dev), first_bad)
+        loss_sum += loss.double() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if log_every and (step + 1) % log_every == 0:
+            log(f"  epoch {epoch + 1} step {step + 1}/{len(source)}: loss {loss.item():.4f}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    bad = int(first_bad.item())
+    if bad >= 0:
+        raise NonFiniteLoss(
+            f"the training loss became non-finite (NaN or inf) at epoch {epoch + 1}, step {bad + 1}; "
+            f"try a lower learning rate (optimizer.lr), or another loss or initialization. "
+            f"The last good checkpoint (end of epoch {epoch}) is kept, and nothing of this epoch was saved")
+    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1),
+            "images": seen, "seconds": seconds}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Optional[nn.Module], source, runtime: Runtime, ncrops: int = 1,
+             keep_outputs: bool = False) -> dict:
+    """Loss and accuracy over a source; multi-crop batches ([B, ncrops, C, H, W]) average their crops."""
+    model.eval()
+    dev = runtime.device
+    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+    correct = torch.zeros((), device=dev, dtype=torch.int64)
+    seen = 0
+    outputs, targets = [], []
+    for x, y in source.batches(0):
+        b = len(y)
+        if ncrops > 1:
+            x = x.reshape(-1, *x.shape[-3:])
+        x = _prepare(x, runtime)
+        with runtime.autocast():
+            out = model(x)
+        out = out.float()
+        if ncrops > 1:
+            out = out.reshape(b, ncrops, -1).mean(1)
+        if loss_fn is not None:
+            loss_sum += loss_fn(out, y).double() * b
+        correct += (out.argmax(1) == y).sum()
+        seen += b
+        if keep_outputs:
+            outputs.append(out.cpu())
+            targets.append(y.cpu())
+    result = {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1), "images": seen}
+    if keep_outputs:
+        result["logits"] = torch.cat(outputs) if outputs else torch.empty(0)
+        result["targets"] = torch.cat(targets) if targets else torch.empty(0, dtype=torch.int64)
+    return result

@@ -1,0 +1,35 @@
+"""Stage train: assemble model, loss, optimizer, scheduler and augmentation from params.yaml,
+train on the train index, validate every epoch, write the models, history, metrics and a
+TensorBoard run. Interrupted? Rerun `dvc repro`: it resumes from checkpoints/."""
+import _path  # noqa: F401
+
+from pathlib import Path
+
+from cifarlab.params import load_params
+from cifarlab.stage import parser, stage
+
+
+@stage
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--index", required=True, help="folder with train.txt and valid.txt")
+    p.add_argument("--stats", required=True)
+    p.add_argument("--meta", required=True)
+    p.add_argument("--models", required=True)
+    p.add_argument("--reports", required=True)
+    p.add_argument("--tensorboard", required=True)
+    p.add_argument("--checkpoints", default="checkpoints")
+    args = p.parse_args(argv)
+    params = load_params(args.params)  # fail on a bad param before importing torch
+
+    from cifarlab.train.distributed import run_fit
+    from cifarlab.train.fit import Paths
+
+    run_fit(params, Paths(train_index=Path(args.index) / "train.txt", valid_index=Path(args.index) / "valid.txt",
+                          stats=Path(args.stats), meta=Path(args.meta), models=Path(args.models),
+                          reports=Path(args.reports), tensorboard=Path(args.tensorboard),
+                          checkpoints=Path(args.checkpoints)))
+
+
+if __name__ == "__main__":
+    main()
