@@ -43,7 +43,7 @@ class Project:
         return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")]
 
 
-def make_project(dest: Path, archive: Path, params_overrides: str | None = None) -> Project:
+def make_project(dest: Path, archive: Path, params: dict | None = None) -> Project:
     dest.mkdir(parents=True, exist_ok=True)
     for rel in COPY:
         src = ROOT / rel
@@ -56,9 +56,32 @@ def make_project(dest: Path, archive: Path, params_overrides: str | None = None)
         else:
             shutil.copy2(src, target)
     proj = Project(dest)
-    if params_overrides:
-        (dest / "params.yaml").write_text((dest / "params.yaml").read_text() + params_overrides)
+    if params:
+        set_params(proj, params)
     proj.run("git", "init", "-q", "-b", "main")
     proj.cifarlab("get-archive", "--from", str(archive), "--set-md5")
     proj.commit("project")
     return proj
+
+
+def set_params(proj: Project, values: dict) -> None:
+    """Set dotted keys in the project's params.yaml (a YAML round trip: comments are dropped)."""
+    import yaml
+
+    path = proj.path / "params.yaml"
+    raw = yaml.safe_load(path.read_text())
+    for dotted, value in values.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+# A configuration that trains in seconds on a tiny archive, for end-to-end tests.
+TINY = {"model.name": "tutorial.net", "train.epochs": 3, "train.batch_size": 16, "train.threads": 1,
+        "optimizer.lr": 0.02, "evaluate.batch_size": 64}

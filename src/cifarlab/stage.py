@@ -19,6 +19,8 @@ def stage(func):
 
     @functools.wraps(func)
     def run(argv=None):
+        # progress lines must reach `dvc repro`'s console (and a watching test) as they happen
+        sys.stdout.reconfigure(line_buffering=True)
         start = time.perf_counter()
         name = func.__module__ if func.__module__ != "__main__" else sys.argv[0]
         try:

@@ -162,15 +162,16 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         if va["acc"] > best["acc"]:
             best = {"acc": va["acc"], "epoch": epoch + 1,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
-            f"{va['loss']:.4f} acc {va['acc']:.4f} | lr {lrs[0]:.3g} | {tr['seconds']:.1f} s, "
-            f"{row['images_per_second']:.0f} img/s")
         if dist.main:
             writer.epoch(model, row, lrs)
             ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                        "history": history, "best": best, "rng": {"torch": torch.get_rng_state()},
                        "fingerprint": fp, "tensorboard": writer.snapshot()})
+        # logged once the checkpoint is on disk: "epoch N/" means epoch N survives a kill
+        log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
+            f"{va['loss']:.4f} acc {va['acc']:.4f} | lr {lrs[0]:.3g} | {tr['seconds']:.1f} s, "
+            f"{row['images_per_second']:.0f} img/s")
 
     result = {"history": history, "best": best}
     if dist.main:
