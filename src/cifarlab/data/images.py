@@ -33,8 +33,11 @@ def load_rgb32(path: str | Path, where: str = "") -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path}{at}: image missing") from None
     except UnidentifiedImageError:
-        empty = Path(path).stat().st_size == 0
-        raise DataError(f"{path}{at}: {'an empty file' if empty else 'not an image'}") from None
+        with open(path, "rb") as f:
+            head = f.read(8)
+        what = ("an empty file" if not head else
+                "a broken or truncated PNG" if head == b"\x89PNG\r\n\x1a\n" else "not an image")
+        raise DataError(f"{path}{at}: {what}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}{at}: a broken or truncated image ({exc})") from None
 

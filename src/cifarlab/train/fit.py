@@ -21,7 +21,7 @@ from ..atomic import atomic_dir, write_json, write_text
 from ..data.dataset import load_tensors
 from ..data.index import read_index
 from ..data.layout import read_meta
-from ..errors import CifarlabError
+from ..errors import CifarlabError, ParamsError
 from ..params import Params
 from .checkpoint import CheckpointDir, fingerprint, tensor_digest
 from .device import setup_runtime
@@ -66,6 +66,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@torch.no_grad()
+def probe_shapes(model, name: str, runtime, sources) -> None:
+    """One forward pass per source before training: a size mismatch is a clear error, not a crash mid-epoch."""
+    from .loop import _prepare
+
+    was_training = model.training
+    model.eval()
+    try:
+        for key, source, ncrops in sources:
+            x, _ = next(iter(source.batches(0)))
+            x = x[:2]
+            if ncrops > 1:
+                x = x.reshape(-1, *x.shape[-3:])
+            try:
+                model(_prepare(x, runtime))
+            except RuntimeError as exc:
+                raise ParamsError(key, f"produces inputs of shape {tuple(x.shape[1:])}, which model {name} "
+                                  f"cannot take ({str(exc).splitlines()[0]})") from None
+    finally:
+        model.train(was_training)
+
+
 def training_params(params: Params) -> dict:
     """The params that decide the result (not threads, workers or the device's name)."""
     d = params.model_dump(mode="json")
@@ -97,6 +119,11 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         + (f", mixed precision {runtime.amp_dtype}" if runtime.amp_dtype else ""))
 
     model = create_model(params.model, num_classes=len(classes), log=log if dist.main else (lambda *_: None))
+    if params.optimizer.name == "LBFGS" and runtime.channels_last:
+        # LBFGS flattens gradients with view(), which channels-last weights do not allow
+        model = model.to(memory_format=torch.contiguous_format)
+        runtime.channels_last = False
+        log("train: LBFGS needs contiguous weights; channels_last is off for this run")
     model.to(runtime.device)
     summary = summarize(model) if dist.main else ""
     batch_size = tp.batch_size
@@ -108,6 +135,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     from ..data.transforms import is_multicrop
 
     ncrops = is_multicrop(params.augment.eval)
+    probe_shapes(model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)])
     loss_fn = build_loss(params.loss, num_classes=len(classes)).to(runtime.device)
     train_model = model
     if dist.world > 1:

@@ -1,0 +1,168 @@
+"""The training loop's pieces on a tiny data tree, without DVC."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifar_factory import CLASSES, make_archive
+from cifarlab.data.index import write_indexes
+from cifarlab.data.split import split
+from cifarlab.data.stats import write_stats
+from cifarlab.data.unpack import unpack
+from cifarlab.errors import DataError
+from cifarlab.evaluation import classification_report
+from cifarlab.params import parse_params
+from cifarlab.train.checkpoint import CheckpointDir, fingerprint
+from cifarlab.train.fit import Paths, fit
+from cifarlab.train.loop import NonFiniteLoss, epoch_permutation
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    arc = make_archive(root / "a.tar.gz", per_class=6)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        unpack(arc, ["test_batch"], "data/png", "data/meta.json", progress=lambda *_: None)
+        split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, progress=lambda *_: None)
+        write_indexes("data/split", CLASSES, "data/index", progress=lambda *_: None)
+        write_stats("data/index/train.txt", "data/stats/normalize.json", progress=lambda *_: None)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def paths(root: Path, out: Path) -> Paths:
+    return Paths(train_index=root / "data/index/train.txt", valid_index=root / "data/index/valid.txt",
+                 stats=root / "data/stats/normalize.json", meta=root / "data/meta.json", models=out / "models",
+                 reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=root)
+
+
+def tiny(**over):
+    raw = {"model": {"name": "tutorial.net"}, "train": {"epochs": 2, "batch_size": 8, "threads": 1},
+           "optimizer": {"name": "SGD", "lr": 0.01, "SGD": {"momentum": 0.9}},
+           "augment": {"train": [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],
+                       "eval": [{"Normalize": {}}]}}
+    for dotted, value in over.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return parse_params(raw)
+
+
+def run(tree, tmp_path, params, logs=None):
+    # fit reads images relative to the tree: index paths are repo-relative
+    cwd = os.getcwd()
+    os.chdir(tree)
+    try:
+        return fit(params, paths(tree, tmp_path), log=(logs.append if logs is not None else (lambda *_: None)))
+    finally:
+        os.chdir(cwd)
+
+
+def test_distributed_shares_are_disjoint_and_cover_everything():
+    n = 103
+    a, b = epoch_permutation(n, 0, 3, 0, 2), epoch_permutation(n, 0, 3, 1, 2)
+    assert len(a) == len(b) == 52
+    assert set(a.tolist()) | set(b.tolist()) == set(range(n))
+    assert not torch.equal(epoch_permutation(n, 0, 3), epoch_permutation(n, 0, 4))
+    assert torch.equal(epoch_permutation(n, 0, 3), epoch_permutation(n, 0, 3))
+
+
+def test_fit_writes_everything_and_is_reproducible(tree, tmp_path):
+    r1 = run(tree, tmp_path / "a", tiny())
+    r2 = run(tree, tmp_path / "b", tiny())
+    assert r1["metrics"] == r2["metrics"]
+    assert [h["train_loss"] for h in r1["history"]] == [h["train_loss"] for h in r2["history"]]
+    r3 = run(tree, tmp_path / "c", tiny(seed=1))
+    assert [h["train_loss"] for h in r3["history"]] != [h["train_loss"] for h in r1["history"]]
+    out = tmp_path / "a"
+    assert {p.name for p in (out / "models").iterdir()} == {"model.pt", "last.pt"}
+    assert json.loads((out / "reports/metrics.json").read_text())["epochs"] == 2
+    assert not list((out / "ckpt").glob("*/checkpoint.pt"))
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tree, tmp_path):
+    params = tiny(**{"optimizer.lr": 1e12, "train.epochs": 3, "scheduler.name": "none"})
+    with pytest.raises(NonFiniteLoss, match=r"epoch \d+, step \d+.*lower learning rate"):
+        run(tree, tmp_path, params)
+    assert not (tmp_path / "models").exists()
+
+
+def test_bad_image_stops_before_training(tree, tmp_path):
+    from cifarlab.data.index import read_index
+
+    items = read_index(tree / "data/index/valid.txt")
+    victim = tree / items[2][0]
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data[:40])  # a new file: the hard link to unpack's copy stays intact
+    try:
+        logs = []
+        with pytest.raises(DataError, match=r"valid.txt:3.*truncated"):
+            run(tree, tmp_path, tiny(), logs)
+        assert not any(line.startswith("epoch") for line in logs)
+    finally:
+        victim.unlink()
+        victim.write_bytes(data)
+
+
+@pytest.mark.parametrize("over, expect", [
+    ({"augment.train": [{"ColorJitter": {"brightness": 0.2}}, {"Normalize": {}}]}, "ColorJitter"),
+    ({"augment.backend": "pil"}, None),
+    ({"augment.eval": [{"Resize": {"size": 36}}, {"TenCrop": {"size": 32}}, {"Normalize": {}}]}, None),
+    ({"optimizer.name": "LBFGS", "optimizer.lr": 0.1, "train.epochs": 1, "scheduler.name": "none"}, None),
+])
+def test_other_paths_train(tree, tmp_path, over, expect):
+    logs = []
+    result = run(tree, tmp_path, tiny(**over), logs)
+    assert len(result["history"]) >= 1 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result["history"])
+    if expect:
+        assert any(expect in line and "not covered" in line for line in logs), logs
+
+
+def test_classification_report_matches_hand_counts():
+    logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0], [0, 0, 3.0], [3.0, 0, 0]])
+    targets = torch.tensor([0, 1, 0, 2, 2])
+    report, cm = classification_report(logits, targets, ["a", "b", "c"])
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+    assert report["accuracy"] == 0.6
+    assert report["per_class"]["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert report["per_class"]["b"]["precision"] == 0.5 and report["per_class"]["b"]["recall"] == 1.0
+    assert report["per_class"]["c"]["precision"] == 1.0 and report["per_class"]["c"]["recall"] == 0.5
+    expected_loss = torch.nn.functional.cross_entropy(logits.double(), targets).item()
+    assert report["loss"] == pytest.approx(expected_loss, abs=1e-6)
+
+
+def test_fingerprint_and_pruning(tmp_path):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("x = 1\n")
+    f1 = fingerprint({"lr": 0.1}, "data", code)
+    assert f1 == fingerprint({"lr": 0.1}, "data", code)
+    assert f1 != fingerprint({"lr": 0.2}, "data", code) != fingerprint({"lr": 0.1}, "other", code)
+    (code / "a.py").write_text("x = 2\n")
+    assert f1 != fingerprint({"lr": 0.1}, "data", code)
+    dirs = [CheckpointDir(tmp_path / "ck", f"run{i}") for i in range(6)]
+    for i, d in enumerate(dirs):
+        d.save({"i": torch.tensor(i)})
+        os.utime(d.dir, (1000 + i, 1000 + i))
+    dirs[5].finish()
+    left = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert left == ["run2", "run3", "run4"]
+
+
+def test_input_size_mismatch_is_caught_before_training(tree, tmp_path):
+    from cifarlab.errors import ParamsError
+
+    logs = []
+    with pytest.raises(ParamsError, match=r"augment.eval: produces inputs of shape \(3, 28, 28\).*tutorial.net"):
+        run(tree, tmp_path, tiny(**{"augment.eval": [{"TenCrop": {"size": 28}}, {"Normalize": {}}]}), logs)
+    assert not any(line.startswith("epoch") for line in logs)
