@@ -166,3 +166,53 @@ def test_input_size_mismatch_is_caught_before_training(tree, tmp_path):
     with pytest.raises(ParamsError, match=r"augment.eval: produces inputs of shape \(3, 28, 28\).*tutorial.net"):
         run(tree, tmp_path, tiny(**{"augment.eval": [{"TenCrop": {"size": 28}}, {"Normalize": {}}]}), logs)
     assert not any(line.startswith("epoch") for line in logs)
+
+
+def test_predict_any_picture(tree, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from cifarlab.cli import main as cli
+    from cifarlab.errors import CifarlabError
+    from cifarlab.predict import predict_files
+
+    run(tree, tmp_path, tiny(**{"train.epochs": 1}))
+    model = tmp_path / "models/model.pt"
+    big = tmp_path / "big.jpg"
+    Image.fromarray((np.random.default_rng(0).random((300, 500, 3)) * 255).astype("uint8")).save(big)
+    gray = tmp_path / "gray.png"
+    Image.new("L", (40, 20), 128).save(gray)
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (10, 90), (1, 2, 3, 4)).save(rgba)
+    results = predict_files(model, [big, gray, rgba], top_k=3)
+    assert [Path(r[0]).name for r in results] == ["big.jpg", "gray.png", "rgba.png"]
+    for _, top in results:
+        assert len(top) == 3 and all(c in CLASSES for c, _ in top)
+        probs = [p for _, p in top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a picture")
+    with pytest.raises(CifarlabError, match="bad.png: not a readable image"):
+        predict_files(model, [big, bad])
+    assert cli(["predict", str(big), "--model", str(model), "--top-k", "11"]) == 1
+    assert cli(["predict", str(gray), "--model", str(tmp_path / "missing.pt")]) == 1
+
+
+def test_model_file_is_loaded_safely(tmp_path):
+    import pickle
+
+    from cifarlab.artifact import load_model
+    from cifarlab.errors import CifarlabError
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    hostile = tmp_path / "model.pt"
+    hostile.write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(CifarlabError, match="not a cifarlab model file"):
+        load_model(hostile)
+    assert not (tmp_path / "pwned").exists()
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(CifarlabError, match="format"):
+        load_model(tmp_path / "plain.pt")

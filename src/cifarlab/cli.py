@@ -1,7 +1,7 @@
 """The `cifarlab` command: the steps that are not pipeline stages.
 
-`get-archive` runs before `dvc repro` (DVC stops when a dependency is missing); later
-issues add `predict` and friends here. Each subcommand imports only what it needs.
+`get-archive` runs before `dvc repro` (DVC stops when a dependency is missing); `predict`
+classifies pictures with a trained model. Each subcommand imports only what it needs.
 """
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def _get_archive(args) -> None:
             print(f"params.yaml: data.md5 set to {new or 'null'}")
 
 
+def _predict(args) -> None:
+    from .predict import predict_files
+
+    for path, top in predict_files(args.model, args.images, args.top_k, args.device):
+        print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +50,14 @@ def main(argv=None) -> int:
     g.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on it")
     g.add_argument("--params", default="params.yaml")
     g.set_defaults(func=_get_archive)
+
+    pr = sub.add_parser("predict", help="the top-k classes of pictures of any size, with a trained model",
+                        description="Classify image files (any size or mode: converted to 32x32 RGB).")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--model", default="models/model.pt", help="a model file from the train stage")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=_predict)
 
     args = parser.parse_args(argv)
     try:
