@@ -3,6 +3,7 @@ train on the train index, validate every epoch, write the models, history, metri
 TensorBoard run. Interrupted? Rerun `dvc repro`: it resumes from checkpoints/."""
 import _path  # noqa: F401
 
+import sys
 from pathlib import Path
 
 from cifarlab.params import load_params
@@ -22,7 +23,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     params = load_params(args.params)  # fail on a bad param before importing torch
 
-    from cifarlab.train.distributed import run_fit
+    from cifarlab.train.distributed import relaunch_under_torchrun, run_fit
+
+    if relaunch_under_torchrun(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv):
+        return
     from cifarlab.train.fit import Paths
 
     run_fit(params, Paths(train_index=Path(args.index) / "train.txt", valid_index=Path(args.index) / "valid.txt",

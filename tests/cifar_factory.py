@@ -17,11 +17,15 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 ROOT = "cifar-10-batches-py"
 
 
-def make_batch(per_class: int, seed: int = 0, bytes_keys: bool = False) -> dict:
+def make_batch(per_class: int, seed: int = 0, bytes_keys: bool = False, learnable: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), per_class)
     rng.shuffle(labels)
     data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+    if learnable:  # each class a colour of its own, plus noise: a model can learn it in an epoch or two
+        palette = np.random.default_rng(1234).integers(30, 226, size=(10, 3))
+        noise = rng.integers(-30, 31, size=(len(labels), 3, 1024))
+        data = np.clip(palette[labels][:, :, None] + noise, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
     k = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
     return {k("batch_label"): "test", k("labels"): labels.tolist(), k("data"): data,
             k("filenames"): [f"img_{i}.png" for i in range(len(labels))]}
@@ -37,7 +41,8 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes, **info_kw) -> None:
 
 
 def make_archive(path: Path, batches=("test_batch",), per_class: int = 3, *, bytes_keys: bool = False,
-                 overrides: dict | None = None, extra_members=(), omit_meta: bool = False) -> Path:
+                 overrides: dict | None = None, extra_members=(), omit_meta: bool = False,
+                 learnable: bool = False) -> Path:
     """Write a valid tiny archive; `overrides` maps a batch name to raw pickle bytes to put instead."""
     path = Path(path)
     overrides = overrides or {}
@@ -46,7 +51,7 @@ def make_archive(path: Path, batches=("test_batch",), per_class: int = 3, *, byt
             meta = {"label_names": CLASSES, "num_cases_per_batch": 10 * per_class, "num_vis": 3072}
             _add(tar, f"{ROOT}/batches.meta", pickle.dumps(meta, protocol=2))
         for i, name in enumerate(batches):
-            payload = overrides.get(name) or pickle.dumps(make_batch(per_class, seed=i, bytes_keys=bytes_keys), protocol=2)
+            payload = overrides.get(name) or pickle.dumps(make_batch(per_class, seed=i, bytes_keys=bytes_keys, learnable=learnable), protocol=2)
             _add(tar, f"{ROOT}/{name}", payload)
         for name, kw in extra_members:
             _add(tar, name, kw.pop("payload", b"x"), **kw)

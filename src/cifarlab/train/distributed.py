@@ -7,6 +7,8 @@ accuracy counts with the others, and only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import torch
 import torch.distributed as td
@@ -19,6 +21,26 @@ from .loop import Dist
 def _sum(t: torch.Tensor) -> torch.Tensor:
     td.all_reduce(t, op=td.ReduceOp.SUM)
     return t
+
+
+def relaunch_under_torchrun(nproc: int, script: str, argv: list[str]) -> bool:
+    """With train.nproc > 1 and no torchrun around us yet, run this script under torchrun.
+
+    Returns True when it did (the caller then has nothing left to do). Under a torchrun that
+    the user started (several nodes, a rendezvous endpoint), WORLD_SIZE is already set and
+    this process is one rank: nothing to relaunch.
+    """
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return False
+    from ..errors import CifarlabError
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           script, *argv]
+    print(f"train: {nproc} processes under torchrun: {' '.join(cmd[1:])}", flush=True)
+    res = subprocess.run(cmd)
+    if res.returncode != 0:
+        raise CifarlabError(f"torchrun with {nproc} processes failed (exit {res.returncode}); see the ranks' output above")
+    return True
 
 
 def run_fit(params: Params, paths: Paths, log=print) -> dict:

@@ -1,0 +1,149 @@
+"""Training benchmark on the real 10,000-image archive: the tutorial's script vs ours, side by side.
+
+    python bench/train.py                 # all three targets (about 15 minutes on 2 cores)
+    python bench/train.py --only tutorial # one of: tutorial, default, fast
+
+1. The tutorial's recipe for 20 epochs: its own script (bench/tutorial_train.py: per-image
+   PIL loading, batch 16) against our train stage with presets/tutorial.args, 3 seeds.
+2. The default params: test accuracy over 3 seeds, and the whole `dvc repro` from the
+   archive to metrics for one of them.
+3. Time to 25% validation accuracy (from the first training step, validation included)
+   with presets/fast.args, against the tutorial script's.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "cifar10"
+sys.path.insert(0, str(ROOT / "tests"))
+from dvc_project import make_project, set_params  # noqa: E402
+
+SEEDS = [0, 1, 2]
+TRAIN = ["stages/train.py", "--index", "data/index", "--stats", "data/stats/normalize.json", "--meta",
+         "data/meta.json"]
+
+
+def preset(name: str) -> dict:
+    """presets/<name>.args as a dict of dotted keys (the same values `dvc exp run -S` would set)."""
+    out = {}
+    for tok in (ROOT / "presets" / f"{name}.args").read_text().split():
+        if tok == "-S":
+            continue
+        key, value = tok.split("=", 1)
+        # Hydra's override syntax for a list of one-key dicts, read as YAML flow style
+        out[key] = yaml.safe_load(value.replace(":", ": ").replace(",", ", ")) if value.startswith("[") \
+            else yaml.safe_load(value)
+    return out
+
+
+def train_run(proj, tag: str, values: dict, evaluate: bool = False) -> dict:
+    """Our train stage with these params in a separate params file; returns its history and metrics."""
+    params = proj.path / f"params_{tag}.yaml"
+    shutil.copy(proj.path / "params.yaml", params)
+
+    class _P:
+        path = proj.path
+
+    tmp_params = proj.path / "params.yaml"
+    saved = tmp_params.read_text()
+    set_params(_P, values)
+    params.write_text(tmp_params.read_text())
+    tmp_params.write_text(saved)
+    out = proj.path / "runs" / tag
+    start = time.perf_counter()
+    proj.run(sys.executable, *TRAIN, "--params", str(params), "--models", str(out / "models"),
+             "--reports", str(out / "reports"), "--tensorboard", str(out / "tb"), "--checkpoints", str(out / "ck"))
+    wall = time.perf_counter() - start
+    with open(out / "reports/history.csv") as f:
+        history = list(csv.DictReader(f))
+    res = {"wall": wall, "history": history, "train_seconds": float(history[-1]["elapsed_seconds"]),
+           "final_valid_acc": float(history[-1]["valid_acc"])}
+    reached = [float(h["elapsed_seconds"]) for h in history if float(h["valid_acc"]) >= 0.25]
+    res["seconds_to_25"] = reached[0] if reached else None
+    if evaluate:
+        proj.run(sys.executable, "stages/evaluate.py", "--params", str(params), "--model",
+                 str(out / "models/model.pt"), "--index", "data/index/test.txt", "--out", str(out / "eval"))
+        res["test_acc"] = json.loads((out / "eval/metrics.json").read_text())["accuracy"]
+    return res
+
+
+def tutorial_run(proj, seed: int, epochs: int = 20) -> dict:
+    out = proj.run(sys.executable, str(ROOT / "bench/tutorial_train.py"), str(proj.path), "--epochs", str(epochs),
+                   "--seed", str(seed))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def spread(values):
+    return f"{statistics.mean(values):.1%} (min {min(values):.1%}, max {max(values):.1%})"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["tutorial", "default", "fast"])
+    ap.add_argument("--tutorial-seeds", type=int, default=1, help="runs of the tutorial's own script (about a minute each)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        archive = tmp / "cifar-10-python.tar.gz"
+        subprocess.run([sys.executable, str(SHARED / "build_archive.py"), "--test-only", str(archive)], check=True,
+                       capture_output=True)
+        proj = make_project(tmp / "proj", archive)
+        proj.dvc("repro", "stats")
+        print(f"torch threads: all cores; data: 8000 train / 1000 valid / 1000 test (real CIFAR-10 test batch)\n",
+              flush=True)
+        base = None
+        if args.only in (None, "tutorial", "fast"):
+            base = [tutorial_run(proj, s) for s in range(args.tutorial_seeds)]
+            b = base[0]
+            print(f"tutorial script (20 epochs, batch 16, per-image PIL): {b['seconds']:.1f} s, valid acc "
+                  f"{spread([r['final_valid_acc'] for r in base])}, time to 25%: "
+                  + ", ".join(f"{r['seconds_to_25']:.1f} s" if r["seconds_to_25"] else "never" for r in base),
+                  flush=True)
+        if args.only in (None, "tutorial"):
+            runs = [train_run(proj, f"tutorial{s}", dict(preset("tutorial"), seed=s)) for s in SEEDS]
+            t = statistics.mean(r["train_seconds"] for r in runs)
+            print(f"1. our train stage, tutorial recipe, 20 epochs: {t:.1f} s of training "
+                  f"(stage wall {statistics.mean(r['wall'] for r in runs):.1f} s with start-up), valid acc "
+                  f"{spread([r['final_valid_acc'] for r in runs])}; vs the tutorial script here "
+                  f"{base[0]['seconds'] / t:.1f}x faster; vs the issue's 58.7 s: {58.7 / t:.1f}x "
+                  f"[target: at least 3x, valid acc within 25.0%-41.8%]", flush=True)
+        if args.only in (None, "default"):
+            runs = [train_run(proj, f"default{s}", {"seed": s}, evaluate=True) for s in SEEDS]
+            print(f"2. default params: test acc {spread([r['test_acc'] for r in runs])} over seeds {SEEDS}; "
+                  f"training {statistics.mean(r['train_seconds'] for r in runs):.0f} s per run [target: mean >= 78%]",
+                  flush=True)
+            subprocess.run(["rm", "-rf", "data/png", "data/split", "data/index", "data/stats", "data/meta.json",
+                            "models", "reports/train", "reports/eval", "reports/tensorboard", "checkpoints"],
+                           cwd=proj.path)
+            start = time.perf_counter()
+            proj.dvc("repro", "--no-run-cache", "evaluate")
+            full = time.perf_counter() - start
+            acc = json.loads((proj.path / "reports/eval/metrics.json").read_text())["accuracy"]
+            print(f"   whole `dvc repro` from the archive to metrics: {full:.0f} s (test acc {acc:.1%}) "
+                  f"[target: under 300 s]", flush=True)
+        if args.only in (None, "fast"):
+            runs = [train_run(proj, f"fast{s}", dict(preset("fast"), seed=s)) for s in SEEDS]
+            times = [r["seconds_to_25"] for r in runs]
+            best_tut = min(r["seconds_to_25"] for r in base if r["seconds_to_25"]) if any(
+                r["seconds_to_25"] for r in base) else None
+            shown = ", ".join(f"{x:.2f} s" if x else "never" for x in times)
+            ratio = f"{best_tut / max(times):.0f}x faster than the tutorial script here ({best_tut:.1f} s); " \
+                if best_tut and all(times) else ""
+            print(f"3. time to 25% valid acc with presets/fast.args: {shown}; {ratio}"
+                  f"vs the issue's 26 s: {26 / max(t for t in times if t):.0f}x [target: 10x, under 2.6 s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()
