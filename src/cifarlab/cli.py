@@ -37,6 +37,14 @@ def _predict(args) -> None:
         print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top))
 
 
+def _tensorboard_gather(args) -> None:
+    from .viz.gather import gather, remove_stale
+
+    done = gather(args.out, args.experiments or None, repo=args.repo)
+    if args.clean:
+        remove_stale(Path(args.out), list(done))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +58,18 @@ def main(argv=None) -> int:
     g.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on it")
     g.add_argument("--params", default="params.yaml")
     g.set_defaults(func=_get_archive)
+
+    t = sub.add_parser("tensorboard-gather", help="copy DVC experiments' TensorBoard runs into one folder to compare",
+                       description="Copy reports/tensorboard/{train,visualize} of each experiment (through DVC: "
+                       "from the cache or remote, nothing is checked out) to OUT/<experiment>/{train,visualize}; "
+                       "then `tensorboard --logdir OUT` shows them side by side with their hparams.")
+    t.add_argument("out", help="the folder to gather into (created if missing)")
+    t.add_argument("experiments", nargs="*",
+                   help="experiment names, branches, tags, commits or 'workspace'; default: all that "
+                   "`dvc exp show` lists (the workspace, the baseline and its experiments)")
+    t.add_argument("--repo", default=".", help="the DVC repository (default: the current folder)")
+    t.add_argument("--clean", action="store_true", help="also delete folders under OUT of experiments not gathered now")
+    t.set_defaults(func=_tensorboard_gather)
 
     pr = sub.add_parser("predict", help="the top-k classes of pictures of any size, with a trained model",
                         description="Classify image files (any size or mode: converted to 32x32 RGB).")

@@ -202,6 +202,40 @@ class EvaluateParams(_Strict):
     batch_size: int = Field(500, ge=1)
 
 
+class VisualizeParams(_Strict):
+    """What the visualize stage draws. Layer names and class indices depend on the model and
+    the data, so the stage checks them against the loaded model (cifarlab.viz.layers)."""
+
+    device: str = "cpu"
+    batch_size: int = Field(250, ge=1)
+    classes: list[int | str] = Field(default_factory=list)
+    grid_images: int = Field(64, ge=1, le=1024)
+    embedding_images: int = Field(500, ge=1)
+    kernels_layer: str = Field("auto", min_length=1)
+    kernels_channels: int = Field(16, ge=1, le=256)
+    feature_layers: list[str] | str = "auto"
+    feature_images: int = Field(3, ge=1, le=32)
+    feature_channels: int = Field(8, ge=1, le=64)
+    gradcam_layer: str = Field("auto", min_length=1)
+    gradcam_images: int = Field(8, ge=1, le=64)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return v
+
+    @field_validator("feature_layers")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, str):
+            return v if v == "auto" else [v]
+        if not v or any(not name for name in v):
+            raise ValueError("must be auto or a non-empty list of layer names")
+        return v
+
+
 class Params(_Strict):
     seed: int = 0
     data: DataParams = Field(default_factory=DataParams)
@@ -213,7 +247,7 @@ class Params(_Strict):
     scheduler: SchedulerParams = Field(default_factory=SchedulerParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
-    visualize: dict[str, Any] = Field(default_factory=dict)
+    visualize: VisualizeParams = Field(default_factory=VisualizeParams)
 
 
 def _format(err: dict) -> ParamsError:

@@ -1,0 +1,226 @@
+"""The stage's pictures as matplotlib figures (Agg, no display), one function per picture.
+
+Figures are built with `matplotlib.figure.Figure` directly rather than pyplot, so nothing
+accumulates in pyplot's global figure list across a run and no GUI backend is ever asked
+for; the same Figure is saved as a PNG and logged to TensorBoard (add_figure).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg", force=True)  # torch's add_figure imports pyplot: keep it off any display
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+DPI = 110
+
+
+def save(fig: Figure, path: Path) -> None:
+    """PNG without a timestamp in its metadata, so unchanged pictures are unchanged files."""
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+
+
+def training_curves(history: dict[str, list[float]]) -> Figure:
+    """Loss, accuracy and learning rate per epoch (reports/train/history.csv)."""
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    epoch = history.get("epoch", [])
+    for ax, metric, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, style in (("train", "-o"), ("valid", "-s")):
+            key = f"{split}_{metric}"
+            if key in history:
+                ax.plot(epoch, history[key], style, ms=3, label=split)
+        ax.set(title=title, xlabel="epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    for key in sorted(k for k in history if k.startswith("lr_")):
+        ax_lr.plot(epoch, history[key], "-o", ms=3, label=f"group {key[3:]}")
+    ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch")
+    ax_lr.grid(alpha=0.3)
+    ax_lr.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def confusion_matrix(counts: list[list[int]], classes: list[str]) -> Figure:
+    """Counts in the cells, colours by share of each actual class (rows sum to 1)."""
+    cm = np.asarray(counts, dtype=np.int64)
+    rows = cm.sum(1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    k = len(classes)
+    size = max(5.0, 0.6 * k + 2)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(k), classes)
+    ax.set(xlabel="predicted", ylabel="actual",
+           title=f"confusion matrix: {int(np.trace(cm))} of {int(cm.sum())} right")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if k <= 12 else 6,
+                    color="white" if share[i, j] > 0.5 else "black")
+    return fig
+
+
+def per_class(metrics: dict) -> Figure:
+    """Precision and recall of every class side by side (reports/eval/metrics.json)."""
+    pc = metrics["per_class"]
+    classes = list(pc)
+    x = np.arange(len(classes))
+    fig = Figure(figsize=(max(7, 0.8 * len(classes) + 2), 4), layout="constrained")
+    ax = fig.subplots()
+    for offset, key in ((-0.2, "precision"), (0.2, "recall")):
+        bars = ax.bar(x + offset, [pc[c][key] for c in classes], width=0.4, label=key)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    ax.set_xticks(x, classes, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_ylim(0, 1.18)
+    acc = metrics.get("accuracy")
+    ax.set_title("per-class precision and recall" + (f" (test accuracy {acc:.3f})" if acc is not None else ""))
+    ax.legend(loc="upper right", ncols=2, fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _hwc(img: torch.Tensor) -> np.ndarray:
+    img = img.detach().float().cpu()
+    return img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy()
+
+
+def image_grid(grid: torch.Tensor, title: str, xlabel: Optional[str] = None, ylabel: Optional[str] = None) -> Figure:
+    """A make_grid tensor [3, H, W] in 0..1, sized so that tiny kernel tiles stay visible."""
+    h, w = grid.shape[-2:]
+    inch = min(0.12, max(0.012, 7.0 / max(h, w)))  # inches per grid pixel
+    fig = Figure(figsize=(max(4.5, w * inch + 0.8), h * inch + 1.0), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(_hwc(grid), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel(xlabel or "", fontsize=8)
+    ax.set_ylabel(ylabel or "", fontsize=8)
+    return fig
+
+
+def _tiles(rows: int, fig: Figure) -> dict:
+    """A fixed grid for many small image axes: constrained layout would measure every title."""
+    h = fig.get_figheight()
+    return dict(left=0.01, right=0.99, bottom=0.01, top=1 - 0.8 / h, wspace=0.05, hspace=0.45)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    fig.suptitle(text, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
+
+
+def feature_maps(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: list[str], channels: int) -> Figure:
+    """Per layer and image: the input, then its first `channels` feature maps, each scaled on its own."""
+    n = images.shape[0]
+    rows = len(maps) * n
+    cols = 1 + channels
+    fig = Figure(figsize=(1.15 * cols, 1.3 * rows + 0.8))
+    axes = fig.subplots(rows, cols, squeeze=False, gridspec_kw=_tiles(rows, fig))
+    for block, (layer, m) in enumerate(maps.items()):
+        for i in range(n):
+            r = block * n + i
+            axes[r, 0].imshow(_hwc(images[i]), interpolation="nearest")
+            axes[r, 0].set_title(f"{layer} {tuple(m.shape[1:])}\n{captions[i]}", fontsize=6)
+            for c in range(channels):
+                ax = axes[r, 1 + c]
+                if c < m.shape[1]:
+                    ax.imshow(m[i, c].numpy(), cmap="viridis", interpolation="nearest")
+                    ax.set_title(f"ch {c}", fontsize=7)
+    for ax in axes.flat:
+        ax.axis("off")  # no ticks: also keeps the layout pass fast with many small axes
+    _suptitle(fig, "feature maps (forward hooks)")
+    return fig
+
+
+def _sample(values: torch.Tensor, limit: int = 1_000_000) -> np.ndarray:
+    v = values.detach().float().flatten().cpu()
+    if v.numel() > limit:
+        v = v[torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))[:limit]]
+    return v.numpy()
+
+
+def distributions(tensors: dict[str, torch.Tensor], title: str, magnitude: bool = False) -> Figure:
+    """Left: histograms of the first, middle and last tensors; right: percentiles of every one by depth.
+
+    Works for any depth: a 60-layer net gets 60 points on the right, not 60 subplots. With
+    `magnitude` (gradients) the right side shows |value| on a log scale, where vanishing or
+    exploding gradients show up as a slope across the layers.
+    """
+    names = list(tensors)
+    fig = Figure(figsize=(14, 4.5), layout="constrained")
+    ax_h, ax_p = fig.subplots(1, 2, width_ratios=[1, 1.6])
+    if not names:
+        ax_h.set_title(f"{title}: nothing to show")
+        return fig
+    picks = sorted({0, len(names) // 2, len(names) - 1})
+    for i in picks:
+        v = _sample(tensors[names[i]])
+        ax_h.hist(v, bins=60, histtype="step", density=True, label=f"{names[i]} ({tensors[names[i]].numel():,})")
+    ax_h.set(title=f"{title}: histograms", xlabel="value", ylabel="density")
+    ax_h.legend(fontsize=7)
+    values = [np.abs(_sample(tensors[n])) if magnitude else _sample(tensors[n]) for n in names]
+    q = np.array([np.percentile(v, [1, 25, 50, 75, 99]) for v in values])
+    if magnitude:  # a log axis has no 0: show exact zeros at the smallest positive value
+        positive = q[q > 0]
+        q = np.maximum(q, positive.min() if positive.size else 1e-12)
+    x = np.arange(len(names))
+    ax_p.fill_between(x, q[:, 0], q[:, 4], alpha=0.2, label="1-99 %")
+    ax_p.fill_between(x, q[:, 1], q[:, 3], alpha=0.4, label="25-75 %")
+    ax_p.plot(x, q[:, 2], "-o", ms=3, label="median")
+    if magnitude:
+        ax_p.set_yscale("log")
+    step = max(1, math.ceil(len(names) / 40))
+    ax_p.set_xticks(x[::step], [names[i] for i in x[::step]], rotation=90, fontsize=6)
+    ax_p.set(title=f"{title} per tensor{' (|value|)' if magnitude else ''}, input to output")
+    ax_p.grid(alpha=0.3)
+    ax_p.legend(fontsize=7)
+    return fig
+
+
+def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[str]]], captions: list[str],
+             layer: str) -> Figure:
+    """Each image, then one Grad-CAM overlay per column (name, maps [N, H, W], per-image titles)."""
+    n = images.shape[0]
+    cols = 1 + len(columns)
+    fig = Figure(figsize=(2.2 * cols, 2.4 * n + 0.8))
+    axes = fig.subplots(n, cols, squeeze=False, gridspec_kw=_tiles(n, fig))
+    for i in range(n):
+        img = _hwc(images[i])
+        axes[i, 0].imshow(img, interpolation="nearest")
+        axes[i, 0].set_title(captions[i], fontsize=8)
+        for j, (_name, maps, titles) in enumerate(columns, start=1):
+            axes[i, j].imshow(img, interpolation="nearest")
+            axes[i, j].imshow(maps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+            axes[i, j].set_title(titles[i], fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    _suptitle(fig, f"Grad-CAM at {layer}: " + ", ".join(name for name, _, _ in columns))
+    return fig
+
+
+def caption(true: int, pred: Optional[int], prob: Optional[float], classes: list[str]) -> str:
+    if pred is None:
+        return classes[true]
+    mark = "right" if pred == true else "wrong"
+    return f"{classes[true]} -> {classes[pred]} ({prob:.2f}, {mark})"

@@ -1,0 +1,36 @@
+"""Stage visualize: the pictures of tutorial chapter 4 for the trained model, any architecture:
+training curves, confusion matrix, per-class precision and recall, kernels, feature maps,
+weight and gradient distributions, Grad-CAM, the model summary (reports/figures), and the
+stage's own TensorBoard run (images, graph, embedding, PR curves, text, figures, histograms)."""
+import _path  # noqa: F401
+
+from pathlib import Path
+
+from cifarlab.params import load_params
+from cifarlab.stage import parser, stage
+
+
+@stage
+def main(argv=None):
+    p = parser(__doc__)
+    p.add_argument("--model", required=True)
+    p.add_argument("--index", required=True, help="the index folder (train.txt for the input grid, test.txt)")
+    p.add_argument("--stats", required=True, help="normalize.json, for augment.train's Normalize")
+    p.add_argument("--train-reports", required=True, help="the train stage's report folder (history.csv)")
+    p.add_argument("--eval-reports", required=True, help="the evaluate stage's report folder")
+    p.add_argument("--figures", required=True, help="output folder for the pictures")
+    p.add_argument("--tensorboard", required=True, help="output folder for the TensorBoard run")
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+
+    from cifarlab.visualize_stage import VizPaths, run_visualize
+
+    index, train, evals = Path(args.index), Path(args.train_reports), Path(args.eval_reports)
+    run_visualize(params, VizPaths(
+        model=Path(args.model), train_index=index / "train.txt", test_index=index / "test.txt",
+        stats=Path(args.stats), history=train / "history.csv", metrics=evals / "metrics.json",
+        confusion=evals / "confusion_matrix.json", figures=Path(args.figures), tensorboard=Path(args.tensorboard)))
+
+
+if __name__ == "__main__":
+    main()
