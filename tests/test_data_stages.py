@@ -16,10 +16,10 @@ from cifarlab.errors import DataError, ParamsError
 
 
 @pytest.fixture
-def tree(tmp_path):
+def tree(tmp_path, monkeypatch):
     """A tiny archive (10 images per class in test_batch) unpacked, split and indexed."""
     arc = make_archive(tmp_path / "a.tar.gz", per_class=10)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     unpack(arc, ["test_batch"], "data/png", "data/meta.json")
     split("data/png", "data/meta.json", "data/split", seed=0)
     write_indexes("data/split", CLASSES, "data/index")

@@ -1,6 +1,8 @@
 """Models: every tutorial.* and cifarlab.* net trains a step; names and arguments are checked."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -157,7 +159,7 @@ def test_check_model_argument_sections_must_name_real_models():
 
 
 def test_check_model_accepts_the_shipped_params():
-    params = load_params("params.yaml")
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
     check_model(params.model)
     check_model(_model(name="tutorial.alexnet", tutorial={"alexnet": {"dropout": 0.2}}))
 

@@ -1,4 +1,4 @@
-"""The data stages on the real 10,000 CIFAR-10 test images, through the real dvc CLI."""
+"""The pipeline on the real 10,000 CIFAR-10 test images, through the real dvc CLI."""
 import hashlib
 import json
 
@@ -13,12 +13,17 @@ from dvc_project import make_project
 pytestmark = pytest.mark.slow
 
 
-def test_real_archive_through_dvc_repro(real_archive, tmp_path):
+@pytest.fixture(scope="module")
+def project(real_archive, tmp_path_factory):
     assert hashlib.md5(real_archive.read_bytes()).hexdigest() == TEST_ONLY_MD5
-    proj = make_project(tmp_path / "proj", real_archive)
-    res = proj.dvc("repro", "unpack", "split", "index", "stats")
-    assert proj.ran(res) == ["unpack", "split", "index", "stats"]
-    root = proj.path
+    return make_project(tmp_path_factory.mktemp("real") / "proj", real_archive,
+                        {"train.epochs": 3, "train.histograms": False})
+
+
+def test_real_archive_through_dvc_repro(project, real_archive):
+    res = project.dvc("repro", "unpack", "split", "index", "stats")
+    assert project.ran(res) == ["unpack", "split", "index", "stats"]
+    root = project.path
     pngs = list((root / "data/png").rglob("*.png"))
     assert len(pngs) == 10000
     counts = {s: len((root / f"data/index/{s}.txt").read_text().splitlines()) for s in ("train", "valid", "test")}
@@ -26,7 +31,7 @@ def test_real_archive_through_dvc_repro(real_archive, tmp_path):
     for s, per_class in (("train", 800), ("valid", 100), ("test", 100)):
         for cls_dir in (root / "data/split" / s).iterdir():
             assert len(list(cls_dir.iterdir())) == per_class, cls_dir
-    # pixel-exact: the tutorial's cat_0.png... whatever image 0 is, it equals the archive row
+    # pixel-exact: a PNG read back equals the archive's row
     classes, batches = read_archive(real_archive, ["test_batch"], TEST_ONLY_MD5)
     batch = next(batches)
     for i in (0, 1234, 9999):
@@ -36,3 +41,11 @@ def test_real_archive_through_dvc_repro(real_archive, tmp_path):
     stats = json.loads((root / "data/stats/normalize.json").read_text())
     assert stats["images"] == 8000
     assert all(0.4 < m < 0.55 for m in stats["mean"]) and all(0.2 < s < 0.3 for s in stats["std"])
+
+
+def test_a_few_epochs_on_real_data_beat_chance_by_far(project):
+    res = project.dvc("repro", "evaluate")
+    assert "train" in project.ran(res)
+    metrics = json.loads((project.path / "reports/eval/metrics.json").read_text())
+    assert metrics["images"] == 1000
+    assert metrics["accuracy"] >= 0.35, metrics["accuracy"]  # chance is 0.10

@@ -191,5 +191,5 @@ def test_text_and_hparams(server):
         "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
         "startIndex": 0, "sliceSize": 10})["sessionGroups"]
     (group,) = [g for g in groups if g["name"] == "train"]
-    assert group["hparams"]["optimizer.lr"] == pytest.approx(0.05)
+    assert group["hparams"]["optimizer.lr"] == pytest.approx(params_with().optimizer.lr)
     assert {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["hparam/best_valid_acc"] == pytest.approx(0.3)
