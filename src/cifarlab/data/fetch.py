@@ -7,9 +7,11 @@ DVC (`dvc add`), so `dvc push` shares it and queued experiments see it.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -58,6 +60,12 @@ def set_params_md5(params_path: Path, md5: Optional[str]) -> None:
     params_path.write_text(new, encoding="utf-8")
 
 
+def dvc_executable() -> Optional[str]:
+    """`dvc` on PATH, else the one installed beside this interpreter (a venv not activated)."""
+    beside = Path(sys.executable).parent / ("dvc.exe" if os.name == "nt" else "dvc")
+    return shutil.which("dvc") or (str(beside) if beside.is_file() else None)
+
+
 def get_archive(dest: str | Path, url: str, md5: Optional[str], source: Optional[str | Path] = None,
                 dvc_add: bool = True, log=print) -> str:
     """Put a verified archive at `dest` and track it with DVC; return its md5."""
@@ -83,10 +91,11 @@ def get_archive(dest: str | Path, url: str, md5: Optional[str], source: Optional
             dest.unlink(missing_ok=True)
             raise
     if dvc_add:
-        if shutil.which("dvc") is None or not Path(".dvc").is_dir():
+        dvc = dvc_executable()
+        if dvc is None or not Path(".dvc").is_dir():
             log("not in a DVC repository (or dvc is not installed): skipped `dvc add`")
         else:
-            res = subprocess.run(["dvc", "add", "-q", str(dest)], capture_output=True, text=True)
+            res = subprocess.run([dvc, "add", "-q", str(dest)], capture_output=True, text=True)
             if res.returncode != 0:
                 raise DataError(f"`dvc add {dest}` failed: {res.stderr.strip() or res.stdout.strip()}")
             log(f"tracked by DVC: {dest}.dvc (commit it; `dvc push` shares the archive)")
