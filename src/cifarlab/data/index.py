@@ -11,23 +11,25 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..errors import DataError
-from .layout import SPLITS, png_number
+from .layout import SPLITS, png_number, read_manifest
 
 
 def write_indexes(split_dir: str | Path, classes: list[str], out_dir: str | Path, root: str | Path = ".",
                   progress=print) -> dict[str, int]:
+    """One index per split, from the split's manifest (split_dir.md5): what it lists is what DVC tracks."""
     split_dir, out_dir, root = Path(split_dir), Path(out_dir), Path(root)
+    files = read_manifest(split_dir)
+    label_of = {cls: i for i, cls in enumerate(classes)}
+    rel = Path(os.path.relpath(split_dir, root)).as_posix()
+    by_split: dict[str, list[tuple[int, int, str]]] = {name: [] for name in SPLITS}
+    for path in files:
+        name, cls, fname = path.split("/")
+        if name not in by_split or cls not in label_of:
+            raise DataError(f"{split_dir}.md5: unexpected entry {path!r}; rerun the split stage")
+        by_split[name].append((label_of[cls], png_number(fname), f"{rel}/{path} {label_of[cls]}"))
     counts = {}
     for name in SPLITS:
-        lines = []
-        for label, cls in enumerate(classes):
-            folder = split_dir / name / cls
-            if not folder.is_dir():
-                raise DataError(f"{folder}: missing; run the split stage (dvc repro split)")
-            files = sorted((e.name for e in os.scandir(folder) if e.name.endswith(".png")),
-                           key=png_number)
-            rel = Path(os.path.relpath(folder, root)).as_posix()
-            lines.extend(f"{rel}/{f} {label}" for f in files)
+        lines = [line for _, _, line in sorted(by_split[name])]
         write_text(out_dir / f"{name}.txt", "".join(line + "\n" for line in lines))
         counts[name] = len(lines)
     progress("index: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

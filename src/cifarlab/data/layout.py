@@ -37,6 +37,39 @@ def from_test_batch(path: str | Path) -> bool:
     return png_number(path) < BATCH_SIZE
 
 
+def manifest_path(tree: str | Path) -> Path:
+    """The md5 manifest beside a tree: data/png -> data/png.md5."""
+    tree = Path(tree)
+    return tree.with_name(tree.name + ".md5")
+
+
+def write_manifest(tree: str | Path, entries: dict[str, str]) -> None:
+    """`md5  relative/path` lines (md5sum's format, so `md5sum -c` checks a tree by hand).
+
+    Downstream stages depend on this one small file instead of the tree it describes: it
+    holds every file's content hash, so nothing changes in the tree without it changing,
+    and DVC hashes a 10,000-file tree once (as an output) instead of once per dependant.
+    """
+    from ..atomic import write_text
+
+    write_text(manifest_path(tree), "".join(f"{md5}  {rel}\n" for rel, md5 in sorted(entries.items())))
+
+
+def read_manifest(tree: str | Path) -> dict[str, str]:
+    path = manifest_path(tree)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run the stage that writes {Path(tree).name} (dvc repro)") from None
+    out = {}
+    for n, line in enumerate(lines, 1):
+        md5, sep, rel = line.partition("  ")
+        if not sep or len(md5) != 32:
+            raise DataError(f"{path}:{n}: not an 'md5  path' line: {line!r}")
+        out[rel] = md5
+    return out
+
+
 def read_meta(path: str | Path) -> dict:
     try:
         meta = json.loads(Path(path).read_text())

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import DataError, ParamsError
-from .layout import SPLITS, from_test_batch, png_number, read_meta
+from .layout import SPLITS, from_test_batch, png_number, read_manifest, read_meta, write_manifest
 
 
 
@@ -50,7 +50,7 @@ def assign(files: list[str], ratios: list[float], rng: np.random.Generator) -> l
 def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: str = "ratio",
           train: float = 0.8, valid: float = 0.1, test: float = 0.1, seed: int = 0,
           progress=print) -> dict[str, int]:
-    """Write out/<split>/<class>/<file> links; return the number of images per split."""
+    """Write out/<split>/<class>/<file> links and their manifest (out.md5); return images per split."""
     png_dir, out = Path(png_dir), Path(out)
     meta = read_meta(meta_path)
     classes = meta["classes"]
@@ -59,6 +59,8 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
                           "but data.batches does not list it", mode)
     rng = np.random.default_rng(seed)
     totals = dict.fromkeys(SPLITS, 0)
+    md5s = read_manifest(png_dir)
+    manifest: dict[str, str] = {}
     with atomic_dir(out) as tmp:
         for cls in classes:
             files = _class_files(png_dir, cls)
@@ -73,12 +75,17 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
                 folder.mkdir(parents=True)
                 for f in part:
                     _link(png_dir / cls / f, folder / f)
+                    try:
+                        manifest[f"{name}/{cls}/{f}"] = md5s[f"{cls}/{f}"]
+                    except KeyError:
+                        raise DataError(f"{png_dir / cls / f}: not in {png_dir}.md5; rerun the unpack stage") from None
                 totals[name] += len(part)
         for name in SPLITS:
             if totals[name] == 0:
                 key = "split.mode" if mode == "standard" and name == "test" else f"split.{name}"
                 raise ParamsError(key, f"the {name} split would be empty "
                                   f"({sum(totals.values())} images so far); every split needs images")
+    write_manifest(out, manifest)
     progress("split: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     return totals
 

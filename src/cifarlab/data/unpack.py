@@ -4,6 +4,8 @@ Layout: ``<out>/<class>/<class>_<number>.png``, numbered as layout.py explains.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 from typing import Optional
 
@@ -13,34 +15,44 @@ from PIL import Image
 from ..atomic import atomic_dir, write_json
 from ..errors import DataError
 from .archive import Batch, iter_batches
-from .layout import BATCH_SIZE, batch_offset, png_name
+from .layout import BATCH_SIZE, batch_offset, png_name, write_manifest
 from .parallel import map_ranges
 
-def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> None:
+def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[str, str]:
+    """Write one batch's PNGs; return {relative path: md5} for the manifest."""
     hwc = np.ascontiguousarray(batch.data.transpose(0, 2, 3, 1))
     labels = batch.labels
     offset = batch_offset(batch.name)
 
-    def task(start: int, stop: int) -> int:
+    def task(start: int, stop: int) -> list[tuple[str, str]]:
+        done = []
         for i in range(start, stop):
             cls = classes[labels[i]]
+            rel = f"{cls}/{png_name(cls, offset + i)}"
+            buf = io.BytesIO()
             # compress_level 1: the files are tiny, and level 6 costs time for no real saving
-            Image.fromarray(hwc[i]).save(out / cls / png_name(cls, offset + i), compress_level=1)
-        return stop - start
+            Image.fromarray(hwc[i]).save(buf, format="PNG", compress_level=1)
+            data = buf.getvalue()
+            (out / rel).write_bytes(data)
+            done.append((rel, hashlib.md5(data).hexdigest()))
+        return done
 
-    done = sum(map_ranges(task, len(labels)))
-    progress(f"unpack: {batch.name}: wrote {done} PNG files")
+    entries = dict(e for part in map_ranges(task, len(labels)) for e in part)
+    progress(f"unpack: {batch.name}: wrote {len(entries)} PNG files")
+    return entries
 
 
 def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: str | Path,
            md5: Optional[str] = None, progress=print) -> dict:
-    """Write every image of `batches` as a PNG under `out`; write class names and batch ranges to `meta_out`.
+    """Write every image of `batches` as a PNG under `out`, its md5 manifest beside it (out.md5),
+    and the class names and batch ranges to `meta_out`.
 
     The archive streams through once, one batch in memory at a time. The tree is built
     beside `out` and swapped in only after the stream ended with every check passed
     (members, pickles, md5), so a bad archive leaves the previous output as it was.
     """
     meta: dict = {"classes": None, "batches": {}}
+    manifest: dict[str, str] = {}
     with atomic_dir(out) as tmp:
         for classes, batch in iter_batches(archive, batches, md5):
             if meta["classes"] is None:
@@ -51,7 +63,8 @@ def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: s
                 raise DataError(f"{archive}:{batch.name}: {len(batch.labels)} images; a CIFAR batch holds at most {BATCH_SIZE}")
             meta["batches"][batch.name] = {"first": batch_offset(batch.name), "count": int(len(batch.labels)),
                                            "per_class": np.bincount(batch.labels, minlength=len(classes)).tolist()}
-            _write_pngs(tmp, classes, batch, progress)
+            manifest.update(_write_pngs(tmp, classes, batch, progress))
+    write_manifest(out, manifest)
     meta["batches"] = {b: meta["batches"][b] for b in batches}
     write_json(meta_out, meta)
     return meta
