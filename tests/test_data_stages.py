@@ -201,3 +201,17 @@ def test_hostile_batch_after_a_good_one_leaves_nothing(tmp_path):
     with pytest.raises(DataError, match="system"):
         unpack(arc, ["data_batch_1", "test_batch"], tmp_path / "png", tmp_path / "meta.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    from cifarlab.atomic import atomic_dir, write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "f.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "g").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
