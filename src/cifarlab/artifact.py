@@ -21,21 +21,29 @@ def save_model(path: str | Path, model: torch.nn.Module, *, name: str, kwargs: d
     payload = {"format": "cifarlab.model/1", "model": state, "name": name, "kwargs": kwargs,
                "classes": list(classes), "normalize": normalize, "eval_transforms": eval_transforms,
                "channels_last": channels_last, **info}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # through a file object: torch.save given a path names the zip's inner folder after the file,
+    # here a random temporary name, and two identical runs would write different bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved model in eval mode; return (model, the rest of the file)."""
+    from .models.finetune import safe_torch_load, load_error
     from .models.registry import build_model
 
     path = Path(path)
     if not path.is_file():
         raise CifarlabError(f"{path}: model file missing; run the train stage (dvc repro train)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = safe_torch_load(path)
     except Exception as exc:  # weights_only refuses anything but tensors and containers
-        raise CifarlabError(f"{path}: not a cifarlab model file ({type(exc).__name__}: {str(exc)[:200]})") from None
+        refused, detail = load_error(exc)
+        if refused:
+            raise CifarlabError(f"{path}: not a cifarlab model file: refused, it holds Python objects other than "
+                                f"tensors (a pickle that could run code); torch.load(weights_only=True) rejected "
+                                f"it and nothing in it was run ({detail})") from None
+        raise CifarlabError(f"{path}: not a cifarlab model file ({detail})") from None
     if not isinstance(payload, dict) or payload.get("format") != "cifarlab.model/1":
         raise CifarlabError(f"{path}: not a cifarlab model file (no 'format: cifarlab.model/1')")
     model = build_model(payload["name"], payload["kwargs"], num_classes=len(payload["classes"]))

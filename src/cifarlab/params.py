@@ -90,7 +90,7 @@ class SplitParams(_Strict):
     train: float = Field(0.8, ge=0, le=1)
     valid: float = Field(0.1, ge=0, le=1)
     test: float = Field(0.1, ge=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy's generators take non-negative seeds
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -237,7 +237,8 @@ class VisualizeParams(_Strict):
 
 
 class Params(_Strict):
-    seed: int = 0
+    # below 2**32: per-epoch seeds are derived as seed * 1_000_003 + epoch and must fit torch's int64
+    seed: int = Field(0, ge=0, lt=2**32)
     data: DataParams = Field(default_factory=DataParams)
     split: SplitParams = Field(default_factory=SplitParams)
     model: ModelParams = Field(default_factory=ModelParams)

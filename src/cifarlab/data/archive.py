@@ -27,6 +27,10 @@ META = "batches.meta"
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 SKIP_MD5_HINT = "set data.md5 to the archive's md5, or to null to skip the check"
+# A batch member is read into memory whole, before the md5 can be known: bound it, so a
+# gzip bomb (gigabytes of zeros in a few megabytes) is refused from its tar header alone.
+# The official batches are 31,035,704 bytes (test_batch 31,035,526), batches.meta 158.
+MAX_MEMBER_BYTES = 64 * 2**20
 
 # (module, name) pairs a CIFAR batch pickle may name: numpy's array reconstruction only.
 _ALLOWED_GLOBALS = {
@@ -111,6 +115,17 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
         raise DataError(f"{archive}: refusing tar member {member.name!r}: a {kind} is not allowed")
 
 
+def _check_payload_member(member: tarfile.TarInfo, archive: Path, seen: set[str]) -> None:
+    """A member that will be read into memory: once only, and no larger than a CIFAR batch can be."""
+    if member.name in seen:
+        raise DataError(f"{archive}: tar member {member.name!r} appears twice; refusing an archive "
+                        "whose contents are ambiguous")
+    seen.add(member.name)
+    if member.size > MAX_MEMBER_BYTES:
+        raise DataError(f"{archive}: tar member {member.name!r} is {member.size:,} bytes; a CIFAR-10 batch "
+                        f"is about 31 MB, so it was not read (limit {MAX_MEMBER_BYTES:,} bytes)")
+
+
 def _str_keys(obj):
     """Keys as str: py2 pickles give str under latin1, pickles written by Python 3 may hold bytes."""
     if not isinstance(obj, dict):
@@ -175,6 +190,7 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
     classes: Optional[list[str]] = None
     present: list[str] = []
     done: set[str] = set()
+    seen: set[str] = set()
 
     def parse(name: str, payload: bytes) -> Batch:
         done.add(name)
@@ -189,12 +205,13 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
                         _check_member(member, archive)
                         if member.isfile() and member.name.startswith(ROOT + "/"):
                             present.append(member.name[len(ROOT) + 1:])
+                        if member.name in wanted or member.name == f"{ROOT}/{META}":
+                            _check_payload_member(member, archive, seen)
                         if member.name in wanted:
-                            payload = tar.extractfile(member).read()
-                            if classes is None:
-                                waiting.append((wanted[member.name], payload))
-                            else:
-                                yield classes, parse(wanted[member.name], payload)
+                            # held only by `waiting`, so that no frame keeps it while its batch is used
+                            waiting.append((wanted[member.name], tar.extractfile(member).read()))
+                            if classes is not None:
+                                yield classes, parse(*waiting.pop(0))
                         elif member.name == f"{ROOT}/{META}":
                             classes = _class_names(safe_unpickle(tar.extractfile(member).read(),
                                                                  f"{archive}:{META}"), archive)

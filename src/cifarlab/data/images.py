@@ -1,8 +1,9 @@
 """Opening the pipeline's own images, with the checks that make a bad file a clear error.
 
 The pipeline's images are 32x32 RGB PNGs written by unpack; anything else named by an index
-(missing, empty, not an image, truncated, another size, grayscale or RGBA) is an error that
-names the file and the index line, rather than a crash deep in a DataLoader worker.
+(missing, empty, not an image, another format, truncated, another size, grayscale or RGBA,
+a decompression bomb) is an error that names the file and the index line, rather than a
+crash deep in a DataLoader worker.
 """
 from __future__ import annotations
 
@@ -17,21 +18,30 @@ SIZE = (32, 32)
 
 
 def load_rgb32(path: str | Path, where: str = "") -> np.ndarray:
-    """Decode one image to uint8 [32, 32, 3]; `where` (like 'data/index/train.txt:12') goes in errors."""
+    """Decode one image to uint8 [32, 32, 3]; `where` (like 'data/index/train.txt:12') goes in errors.
+
+    Format, mode and size come from the file's header and are checked before any pixel is
+    decoded, so a huge or hostile picture costs nothing (PIL's decompression-bomb guard
+    refuses the largest outright).
+    """
     at = f" (named at {where})" if where else ""
     try:
         with Image.open(path) as img:
-            img.load()
-            mode, size = img.mode, img.size
+            fmt, mode, size = img.format, img.mode, img.size
+            if fmt != "PNG":
+                raise DataError(f"{path}{at}: a {fmt} file; the pipeline's images are PNG")
             if mode != "RGB":
                 raise DataError(f"{path}{at}: a {mode} image; the pipeline's images are RGB")
             if size != SIZE:
                 raise DataError(f"{path}{at}: {size[0]}x{size[1]} pixels; the pipeline's images are 32x32")
+            img.load()
             return np.asarray(img, dtype=np.uint8)
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError(f"{path}{at}: image missing") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{path}{at}: far larger than 32x32, not opened ({exc})") from None
     except UnidentifiedImageError:
         with open(path, "rb") as f:
             head = f.read(8)

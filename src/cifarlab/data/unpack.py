@@ -20,7 +20,7 @@ from .parallel import map_ranges
 
 def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[str, str]:
     """Write one batch's PNGs; return {relative path: md5} for the manifest."""
-    hwc = np.ascontiguousarray(batch.data.transpose(0, 2, 3, 1))
+    chw = batch.data  # [N, 3, 32, 32]: each image is made HWC on its own, never the whole batch at once
     labels = batch.labels
     offset = batch_offset(batch.name)
 
@@ -31,7 +31,8 @@ def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[s
             rel = f"{cls}/{png_name(cls, offset + i)}"
             buf = io.BytesIO()
             # compress_level 1: the files are tiny, and level 6 costs time for no real saving
-            Image.fromarray(hwc[i]).save(buf, format="PNG", compress_level=1)
+            hwc = np.ascontiguousarray(chw[i].transpose(1, 2, 0))
+            Image.fromarray(hwc).save(buf, format="PNG", compress_level=1)
             data = buf.getvalue()
             (out / rel).write_bytes(data)
             done.append((rel, hashlib.md5(data).hexdigest()))
@@ -64,6 +65,7 @@ def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: s
             meta["batches"][batch.name] = {"first": batch_offset(batch.name), "count": int(len(batch.labels)),
                                            "per_class": np.bincount(batch.labels, minlength=len(classes)).tolist()}
             manifest.update(_write_pngs(tmp, classes, batch, progress))
+            del batch  # before the next batch is read: one batch in memory at a time
     write_manifest(out, manifest)
     meta["batches"] = {b: meta["batches"][b] for b in batches}
     write_json(meta_out, meta)

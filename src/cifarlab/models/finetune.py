@@ -10,6 +10,7 @@ is the tutorial's finetuning recipe (load everything but the classifier, then tr
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,28 +51,49 @@ class LoadReport:
     __str__ = summary
 
 
+def load_error(exc: Exception) -> tuple[bool, str]:
+    """(refused, detail) for a torch.load(weights_only=True) failure.
+
+    refused: the file is a pickle naming Python objects other than tensors (a global, an
+    object to build), which weights_only refused before running anything. Otherwise the file
+    is simply not something torch can read. The detail is torch's own line, never its advice
+    to retry with weights_only=False.
+    """
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    refused = [ln for ln in lines if "GLOBAL" in ln or ln.startswith("Can only") or "NEWOBJ" in ln]
+    if refused:
+        return True, refused[0]
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
+        unsupported = [ln for ln in lines if ln.startswith("Unsupported operand")]
+        return False, unsupported[0] if unsupported else "not a pickle torch can read"
+    first = lines[0].split(". ")[0] if lines else ""  # torch's first sentence; the rest is advice
+    return False, f"{type(exc).__name__}: {first}"
+
+
+def safe_torch_load(path: Path):
+    with warnings.catch_warnings():  # torch's note about pickle protocols is noise here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in `path` (bare, or under 'model' in our checkpoints), safely loaded."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError("model.pretrained", "no such file", str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "weights only" in text.lower():
+        obj = safe_torch_load(path)
+    except Exception as exc:  # a hostile pickle, a corrupt zip, a truncated or text file
+        refused, detail = load_error(exc)
+        if refused:
             # torch's message advises weights_only=False; we only quote what it found.
-            found = [ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
             raise CifarlabError(
                 f"{path}: refused: the file holds Python objects other than tensors (a pickle "
                 f"that could run code); torch.load(weights_only=True) rejected it and nothing "
-                f"in it was run. Save weights with torch.save(model.state_dict(), path)."
-                + (f" ({found[0]})" if found else "")
+                f"in it was run. Save weights with torch.save(model.state_dict(), path). ({detail})"
             ) from None
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise CifarlabError(f"{path}: not a PyTorch weights file ({first})") from None
-    except Exception as exc:  # corrupt zip, truncated file, text file: all "not loadable"
-        raise CifarlabError(f"{path}: not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
+        raise CifarlabError(f"{path}: not a PyTorch weights file ({detail})") from None
     if isinstance(obj, dict):
         for key in CHECKPOINT_KEYS:
             if isinstance(obj.get(key), dict):

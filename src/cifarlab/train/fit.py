@@ -21,6 +21,7 @@ from ..atomic import atomic_dir, write_json, write_text
 from ..data.dataset import load_tensors
 from ..data.index import read_index
 from ..data.layout import read_meta
+from ..data.stats import read_stats
 from ..errors import CifarlabError, ParamsError
 from ..params import Params
 from .checkpoint import CheckpointDir, fingerprint, tensor_digest
@@ -52,12 +53,37 @@ def check_all(params: Params, steps_per_epoch: int = 10) -> None:
     from .optimizers import check_optimizer
     from .schedulers import check_scheduler
 
+    check_argument_sections(params)
     check_model(params.model)
     check_loss(params.loss)
     check_optimizer(params.optimizer)
     check_scheduler(params.scheduler, params.optimizer, epochs=params.train.epochs, steps_per_epoch=steps_per_epoch)
     check_transforms(params.augment.train, "augment.train")
     check_transforms(params.augment.eval, "augment.eval")
+
+
+def check_argument_sections(params: Params) -> None:
+    """Every `<section>.<Name>: {...}` must name a real component: a misspelt name would
+    silently drop its arguments (`optimizer.SDG: {momentum: 0.9}` training SGD without momentum)."""
+    import torch.nn.init as tinit
+
+    from .losses import REFUSED as REFUSED_LOSSES
+    from .losses import supported_losses
+    from .optimizers import optimizer_classes
+    from .schedulers import scheduler_classes
+
+    init_names = {n for n in dir(tinit) if n.endswith("_") and not n.startswith("_")}
+    init_names |= {n.rstrip("_") for n in init_names}
+    sections = [("optimizer", params.optimizer, set(optimizer_classes())),
+                ("loss", params.loss, set(supported_losses()) | set(REFUSED_LOSSES)),
+                ("scheduler", params.scheduler, set(scheduler_classes()))]
+    sections += [(f"model.init.{layer}", getattr(params.model.init, layer), init_names)
+                 for layer in ("conv", "linear", "batchnorm")]
+    for key, section, valid in sections:
+        for name in section.model_extra or {}:
+            if name not in valid:
+                raise ParamsError(f"{key}.{name}", "is not a known name, so its arguments would be ignored "
+                                  "(a typo?)", choices=valid)
 
 
 def seed_everything(seed: int) -> None:
@@ -104,7 +130,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     from .schedulers import build_scheduler
 
     tp = params.train
-    stats = json.loads(Path(paths.stats).read_text())
+    stats = read_stats(paths.stats)
     classes = read_meta(paths.meta)["classes"]
     n_train = len(read_index(paths.train_index, len(classes)))
     check_all(params, steps_per_epoch=-(-n_train // (tp.batch_size * dist.world)))
@@ -124,6 +150,12 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         model = model.to(memory_format=torch.contiguous_format)
         runtime.channels_last = False
         log("train: LBFGS needs contiguous weights; channels_last is off for this run")
+    from .memory import check_training_memory  # a run too big for the memory stops here, not in epoch 1
+
+    on_device = train_x.nbytes + valid_x.nbytes if runtime.device.type != "cpu" else 0
+    check_training_memory(model, min(tp.batch_size, -(-len(train_y) // dist.world)), params.optimizer.name,
+                          runtime.device, amp_dtype=runtime.amp_dtype, extra_bytes=on_device,
+                          processes=dist.world if runtime.device.type == "cpu" else 1)
     model.to(runtime.device)
     summary = summarize(model) if dist.main else ""
     batch_size = tp.batch_size
