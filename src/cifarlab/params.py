@@ -33,6 +33,12 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 BATCHES = TRAIN_BATCHES + ("test_batch",)
 
 
+def _check_device(v: str) -> str:
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+        raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+    return v
+
+
 class _Strict(BaseModel):
     """A section whose every key is known: a typo is an error, never silently ignored."""
 
@@ -190,12 +196,7 @@ class TrainParams(_Strict):
     compile: bool = False
     histograms: bool = True
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v):
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
-            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
-        return v
+    _device = field_validator("device")(lambda cls, v: _check_device(v))
 
 
 class EvaluateParams(_Strict):
@@ -219,12 +220,7 @@ class VisualizeParams(_Strict):
     gradcam_layer: str = Field("auto", min_length=1)
     gradcam_images: int = Field(8, ge=1, le=64)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v):
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
-            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
-        return v
+    _device = field_validator("device")(lambda cls, v: _check_device(v))
 
     @field_validator("feature_layers")
     @classmethod
