@@ -85,3 +85,26 @@ def set_params(proj: Project, values: dict) -> None:
 # A configuration that trains in seconds on a tiny archive, for end-to-end tests.
 TINY = {"model.name": "tutorial.net", "train.epochs": 3, "train.batch_size": 16, "train.threads": 1,
         "optimizer.lr": 0.02, "evaluate.batch_size": 64}
+
+
+def dvc_stages() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def stage_cmd(stage: str) -> list[str]:
+    """The stage's command as dvc.yaml writes it, with this interpreter for `python`."""
+    import shlex
+
+    cmd = shlex.split(dvc_stages()[stage]["cmd"])
+    return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
+
+
+def stage_outs(stage: str) -> list[str]:
+    """Every path a stage declares it writes: outs, metrics and plots."""
+    outs = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in dvc_stages()[stage].get(kind, []):
+            outs.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return outs

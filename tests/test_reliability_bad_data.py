@@ -39,7 +39,7 @@ from cifarlab.data.archive import read_archive
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.stats import read_stats
 from cifarlab.errors import DataError
-from dvc_project import TINY, Project, make_project
+from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project
 
 REPO = Path(__file__).resolve().parent.parent
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -48,18 +48,8 @@ DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 # ------------------------------------------------------------------ helpers
 
 
-def stage_cmd(stage: str) -> list[str]:
-    """The stage's command as dvc.yaml writes it, with this interpreter for `python`."""
-    cmd = shlex.split(DVC_YAML["stages"][stage]["cmd"])
-    return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
 
 
-def stage_outs(stage: str) -> list[str]:
-    outs = []
-    for kind in ("outs", "metrics", "plots"):
-        for entry in DVC_YAML["stages"][stage].get(kind, []):
-            outs.append(entry if isinstance(entry, str) else next(iter(entry)))
-    return outs
 
 
 def snapshot(root: Path, paths: list[str]) -> dict[str, str]:

@@ -24,24 +24,15 @@ import yaml
 from PIL import Image
 
 from cifar_factory import make_archive
-from dvc_project import TINY, Project, make_project
+from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project
 from cifarlab.models.registry import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
-def stage_cmd(stage: str) -> list[str]:
-    cmd = shlex.split(DVC_YAML["stages"][stage]["cmd"])
-    return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
 
 
-def stage_outs(stage: str) -> list[str]:
-    outs = []
-    for kind in ("outs", "metrics", "plots"):
-        for entry in DVC_YAML["stages"][stage].get(kind, []):
-            outs.append(entry if isinstance(entry, str) else next(iter(entry)))
-    return outs
 
 
 def snapshot(root: Path, paths: list[str]) -> dict[str, str]:

@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from cifar_factory import make_archive
-from dvc_project import TINY, Project, make_project
+from dvc_project import stage_outs, TINY, Project, make_project
 
 REPO = Path(__file__).resolve().parent.parent
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -60,12 +60,6 @@ TRIGGERS = {
 }
 
 
-def stage_outs(stage: str) -> list[str]:
-    outs = []
-    for kind in ("outs", "metrics", "plots"):
-        for entry in DVC_YAML["stages"][stage].get(kind, []):
-            outs.append(entry if isinstance(entry, str) else next(iter(entry)))
-    return outs
 
 
 def files_of(root: Path, rel: str) -> dict[str, str] | None:
