@@ -23,29 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
-from dvc_project import make_project, set_params  # noqa: E402
+from dvc_project import make_project, preset, set_params  # noqa: E402
 
 SEEDS = [0, 1, 2]
 TRAIN = ["stages/train.py", "--index", "data/index", "--stats", "data/stats/normalize.json", "--meta",
          "data/meta.json"]
-
-
-def preset(name: str) -> dict:
-    """presets/<name>.args as a dict of dotted keys (the same values `dvc exp run -S` would set)."""
-    out = {}
-    for tok in (ROOT / "presets" / f"{name}.args").read_text().split():
-        if tok == "-S":
-            continue
-        key, value = tok.split("=", 1)
-        # Hydra's override syntax for a list of one-key dicts, read as YAML flow style
-        out[key] = yaml.safe_load(value.replace(":", ": ").replace(",", ", ")) if value.startswith("[") \
-            else yaml.safe_load(value)
-    return out
 
 
 def train_run(proj, tag: str, values: dict, evaluate: bool = False) -> dict:

@@ -108,3 +108,18 @@ def stage_outs(stage: str) -> list[str]:
         for entry in dvc_stages()[stage].get(kind, []):
             outs.append(entry if isinstance(entry, str) else next(iter(entry)))
     return outs
+
+
+def preset(name: str) -> dict:
+    """presets/<name>.args as a dict of dotted keys (the values `dvc exp run -S` would set)."""
+    import yaml
+
+    out = {}
+    for tok in (ROOT / "presets" / f"{name}.args").read_text().split():
+        if tok == "-S":
+            continue
+        key, value = tok.split("=", 1)
+        # Hydra's override syntax for a list of one-key dicts, read as YAML flow style
+        out[key] = yaml.safe_load(value.replace(":", ": ").replace(",", ", ")) if value.startswith("[") \
+            else yaml.safe_load(value)
+    return out

@@ -74,3 +74,19 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ParamsError, match="mapping"):
         load_params(bad)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "presets").glob("*.args")))
+def test_presets_apply_to_the_project_params_and_pass_every_check(name):
+    """A preset is a list of `-S` overrides: each key must exist and the result must train."""
+    from dvc_project import preset
+    from cifarlab.train.fit import check_all
+
+    raw = copy.deepcopy(RAW)
+    for dotted, value in preset(name).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node[p]  # KeyError: the preset names a section params.yaml does not have
+        node[last] = value
+    check_all(parse_params(raw))

@@ -216,3 +216,87 @@ def test_model_file_is_loaded_safely(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(CifarlabError, match="format"):
         load_model(tmp_path / "plain.pt")
+
+
+def _runtime(channels_last=False):
+    from cifarlab.train.device import Runtime
+
+    return Runtime(torch.device("cpu"), None, channels_last)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 1024])
+def test_tensor_source_chunks_keep_batch_boundaries_and_cover_every_image(chunk):
+    from cifarlab.train.loop import TensorSource
+
+    n, bs = 53, 8
+    images = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
+    labels = torch.arange(n)
+    src = TensorSource(images, labels, lambda x, g: x.float(), bs, seed=3, chunk=chunk)
+    batches = list(src.batches(2))
+    assert len(batches) == len(src) == 7
+    assert [len(y) for _, y in batches] == [8] * 6 + [5]
+    order = torch.cat([y for _, y in batches])
+    assert torch.equal(order, epoch_permutation(n, 3, 2))  # the same order whatever the chunk
+    for x, y in batches:  # images travel with their labels
+        assert torch.equal(x[:, 0, 0, 0].long(), y)
+
+
+def test_tensor_source_hands_out_channels_last_batches_when_asked():
+    from cifarlab.train.loop import TensorSource
+
+    images = torch.zeros(20, 3, 8, 8, dtype=torch.uint8)
+    src = TensorSource(images, torch.zeros(20, dtype=torch.long), lambda x, g: x.float(), 6, seed=0,
+                       channels_last=True)
+    for x, _ in src.batches(0):
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class _Fixed(torch.nn.Module):
+    """Logits read from a table by the sample's id (pixel value), so the epoch's sums are known."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.table[x[:, 0, 0, 0].long()] + self.w
+
+
+def test_train_one_epoch_reports_the_exact_mean_loss_and_accuracy():
+    from cifarlab.train.loop import TensorSource, train_one_epoch
+    from cifarlab.train.schedulers import Scheduler
+
+    n = 21
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(n, 4, generator=g)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    images = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
+    model = _Fixed(table)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    src = TensorSource(images, labels, lambda x, g: x.float(), 5, seed=1)
+    res = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, Scheduler("none", None, opt), src, 0,
+                          _runtime(), torch.amp.GradScaler("cpu", enabled=False))
+    expect_loss = torch.nn.functional.cross_entropy(table, labels).item()
+    expect_acc = (table.argmax(1) == labels).float().mean().item()
+    assert res["images"] == n
+    assert res["loss"] == pytest.approx(expect_loss, rel=1e-6)
+    assert res["acc"] == pytest.approx(expect_acc)
+
+
+def test_train_one_epoch_names_the_first_non_finite_step():
+    from cifarlab.train.loop import TensorSource, train_one_epoch
+    from cifarlab.train.schedulers import Scheduler
+
+    n = 30
+    table = torch.zeros(n, 3)
+    table[17, 0] = float("nan")  # the sample of id 17 poisons the batch it lands in
+    images = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
+    src = TensorSource(images, torch.zeros(n, dtype=torch.long), lambda x, g: x.float(), 4, seed=5)
+    step = next(i for i, (x, _) in enumerate(src.batches(0)) if 17 in x[:, 0, 0, 0].long().tolist()) + 1
+    assert step > 1  # not trivially the first
+    model = _Fixed(table)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with pytest.raises(NonFiniteLoss, match=rf"epoch 1, step {step};"):
+        train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, Scheduler("none", None, opt), src, 0, _runtime(),
+                        torch.amp.GradScaler("cpu", enabled=False))

@@ -54,9 +54,15 @@ def epoch_permutation(n: int, seed: int, epoch: int, rank: int = 0, world: int =
     return perm
 
 
+#: Images augmented per call on the fast path: small batches (the tutorial's 16) are cut from
+#: a chunk of about this many, so the augmentation's fixed per-call cost (a dozen small tensor
+#: ops, about 0.4 ms on a CPU) is paid once per chunk instead of once per step.
+AUGMENT_CHUNK = 1024
+
+
 @dataclass
 class TensorSource:
-    """The fast path: uint8 images held on the device, augmented per batch with `augment`."""
+    """The fast path: uint8 images held on the device, augmented a chunk of batches at a time."""
 
     images: torch.Tensor  # uint8 [N, 3, H, W], on the device
     labels: torch.Tensor  # int64 [N], on the device
@@ -66,6 +72,8 @@ class TensorSource:
     shuffle: bool = True
     rank: int = 0
     world: int = 1
+    chunk: int = AUGMENT_CHUNK
+    channels_last: bool = False  # convert each chunk once, not each batch
 
     def __len__(self) -> int:
         n = math.ceil(len(self.labels) / self.world) if self.shuffle else len(self.labels)
@@ -78,8 +86,13 @@ class TensorSource:
         else:
             order = torch.arange(n, device=self.images.device)
         g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
-        for idx in order.split(self.batch_size):
-            yield self.augment(self.images[idx], g), self.labels[idx]
+        # a whole number of batches per chunk, so batch boundaries do not depend on the chunk
+        per_chunk = self.batch_size * max(1, self.chunk // self.batch_size)
+        for idx in order.split(per_chunk):
+            xs, ys = self.augment(self.images[idx], g), self.labels[idx]
+            if self.channels_last and xs.dim() == 4:
+                xs = xs.contiguous(memory_format=torch.channels_last)
+            yield from zip(xs.split(self.batch_size), ys.split(self.batch_size))
 
 
 @dataclass
@@ -124,10 +137,10 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
     """One pass over the training data; returns loss, accuracy, images and seconds."""
     model.train()
     dev = runtime.device
-    loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-    correct = torch.zeros((), device=dev, dtype=torch.int64)
-    first_bad = torch.full((), -1, device=dev, dtype=torch.int64)
-    seen = 0
+    # per-step results are kept as references (detached outputs, no copies, no reductions)
+    # and reduced once at the end of the epoch: at the tutorial's batch of 16 each extra
+    # small op in the step costs about 1% of the run
+    losses, outputs, targets = [], [], []
     start = time.perf_counter()
     for step, (x, y) in enumerate(source.batches(epoch)):
         x = _prepare(x, runtime)
@@ -155,23 +168,27 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
             scaler.step(optimizer)
             scaler.update()
         scheduler.step_batch()
-        loss = loss.detach().float()
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), torch.tensor(step, device=dev), first_bad)
-        loss_sum += loss.double() * len(y)
-        correct += (out.argmax(1) == y).sum()
-        seen += len(y)
+        losses.append(loss.detach())
+        outputs.append(out.detach())
+        targets.append(y)
         if log_every and (step + 1) % log_every == 0:
             log(f"  epoch {epoch + 1} step {step + 1}/{len(source)}: loss {loss.item():.4f}")
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    bad = int(first_bad.item())
+    sizes = torch.tensor([len(t) for t in targets], device=dev, dtype=torch.float64)
+    step_losses = torch.stack(losses).double() if losses else torch.zeros(0, device=dev, dtype=torch.float64)
+    nonfinite = (~torch.isfinite(step_losses)).nonzero()
+    bad = int(nonfinite[0].item()) if len(nonfinite) else -1
+    seen = int(sizes.sum().item())
+    loss_sum = (step_losses * sizes).sum()
+    correct = (torch.cat(outputs).argmax(1) == torch.cat(targets)).sum().item() if outputs else 0
     if bad >= 0:
         raise NonFiniteLoss(
             f"the training loss became non-finite (NaN or inf) at epoch {epoch + 1}, step {bad + 1}; "
             f"try a lower learning rate (optimizer.lr), or another loss or initialization. "
             f"The last good checkpoint (end of epoch {epoch}) is kept, and nothing of this epoch was saved")
-    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(seen, 1),
+    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct / max(seen, 1),
             "images": seen, "seconds": seconds}
 
 

@@ -42,7 +42,8 @@ def make_source(entries: list, key: str, backend: str, images, labels, index: Pa
         fast = plan(entries, stats, key)
         if fast is not None:
             fast = fast.to(runtime.device)
-            return TensorSource(runtime.to_device(images), runtime.to_device(labels), fast, **common)
+            return TensorSource(runtime.to_device(images), runtime.to_device(labels), fast,
+                                channels_last=runtime.channels_last, **common)
         log(f"{key}: {', '.join(uncovered(entries))} not covered by the batch path; "
             f"using per-sample torchvision transforms on the decoded images")
         dataset = MemoryDataset(images, labels, build_transform(entries, key, stats))
