@@ -1,6 +1,10 @@
 """unpack, split, index and stats on a tiny archive: layout, exact counts, pixels, errors."""
 import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +219,39 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the liveness check is POSIX-only")
+def test_the_next_write_removes_what_a_killed_writer_left_and_nothing_else(tmp_path):
+    from cifarlab.atomic import atomic_dir, write_text
+
+    dead, live = _dead_pid(), os.getppid()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and is not reaped until the end
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").exists() and time.monotonic() < deadline \
+            and Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.05)
+    (tmp_path / f".png.{zombie.pid}-z.tmp").mkdir()
+    stale_file = tmp_path / f".m.json.{dead}-abc.json.tmp"
+    stale_dir = tmp_path / f".png.{dead}-xyz.tmp"
+    stale_old = tmp_path / f".png.{dead}-q.old"
+    concurrent = tmp_path / f".png.{live}-abc.tmp"  # a writer that still runs
+    foreign = [tmp_path / ".png.md5.123-a.tmp", tmp_path / ".png.notapid.tmp", tmp_path / f".other.{dead}-a.tmp"]
+    stale_file.write_text("half")
+    for d in (stale_dir, stale_old / "x", concurrent):
+        d.mkdir(parents=True)
+        (d / "f").write_text("half")
+    for f in foreign:
+        f.write_text("keep")
+    write_text(tmp_path / "m.json", "{}")
+    with atomic_dir(tmp_path / "png") as d:
+        (d / "a.png").write_text("new")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    zombie.wait()
+    assert left == sorted(["m.json", "png", concurrent.name] + [f.name for f in foreign])

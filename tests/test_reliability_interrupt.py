@@ -19,8 +19,8 @@ a seeded short delay after DVC starts its command). Then:
   project (every output except the TensorBoard runs and the timing files, which hold clock
   times by design).
 
-Known gap (xfail, docs/reliability.md): a SIGKILLed stage cannot remove its temporary
-sibling (`data/.png.<random>.tmp`), and nothing removes it later.
+A SIGKILLed stage cannot remove its temporary sibling (`data/.png.<pid>-<random>.tmp`);
+the next run of the stage does (cifarlab.atomic.sweep_stale_siblings), which is tested here.
 """
 from __future__ import annotations
 
@@ -260,8 +260,6 @@ def test_training_killed_at_random_moments_ends_with_the_uninterrupted_metrics(t
         assert files_of(proj.path, rel) == files_of(reference.path, rel), rel
 
 
-@pytest.mark.xfail(strict=True, reason="atomic.py: the temporary sibling of a SIGKILLed writer "
-                   "(data/.png.<random>.tmp) is never removed, not even by the next successful run")
 def test_a_killed_unpack_leaves_no_temporary_tree_behind(tmp_path, archive):
     proj = make_project(tmp_path / "proj", archive, PARAMS)
     sent, _ = interrupt(proj, ["repro", "unpack"], "unpack: data_batch_1:", 0.0, signal.SIGKILL)

@@ -130,12 +130,7 @@ LEAVES = list(leaves(RAW))
 NUMERIC = [(p, v) for p, v in LEAVES if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 # Bugs this walk found (docs/reliability.md, "Found by the params walk"); strict, so a fix shows.
-WRONG_TYPE_BUGS = {
-    "model.tutorial.resnet34": "params.py names only `model` ('tutorial' must map model names ...)",
-    "model.torchvision.resnet18": "params.py names only `model` ('torchvision' must map model names ...)",
-    "visualize.feature_layers": "params.py shows pydantic's union tag: key `visualize.feature_layers.list[str]`",
-    "model.init.conv.kaiming_normal_.mode": "models/init.py: _try lets torch's AttributeError through (a traceback)",
-}
+WRONG_TYPE_BUGS: dict[str, str] = {}  # all fixed; a new one goes here with its reason
 
 
 @pytest.mark.parametrize("path, value", LEAVES, ids=[dotted(p) for p, _ in LEAVES])
@@ -190,11 +185,7 @@ OUT_OF_RANGE: dict[str, tuple | None] = {
     "visualize.feature_channels": (65, {}),
     "visualize.gradcam_images": (65, {}),
 }
-OUT_OF_RANGE_BUGS = {
-    "model.init.linear.normal_.mean": "models/init.py: init arguments are not required to be finite",
-    "model.init.batchnorm.constant_.val": "models/init.py: init arguments are not required to be finite",
-    "loss.CrossEntropyLoss.label_smoothing": "losses.py: a negative label_smoothing is accepted",
-}
+OUT_OF_RANGE_BUGS: dict[str, str] = {}  # all fixed; a new one goes here with its reason
 
 
 def test_the_out_of_range_table_covers_every_numeric_key():

@@ -128,25 +128,27 @@ class ModelParams(_Strict):
     freeze: list[str] = Field(default_factory=list)
     channels_last: bool = True
     init: InitParams = Field(default_factory=InitParams)
+    # model.<source>.<arch>: that model's keyword arguments (a mapping, or null for none);
+    # declared fields, so a wrong type is reported at its own key (model.tutorial.resnet34)
+    cifarlab: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
+    tutorial: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
+    torchvision: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _sources(self):
-        for key, value in (self.model_extra or {}).items():
-            if key not in MODEL_SOURCES:
-                raise ValueError(
-                    f"unknown key '{key}'; model arguments live under one of {', '.join(MODEL_SOURCES)}"
-                )
-            if not isinstance(value, dict) or any(
-                v is not None and not isinstance(v, dict) for v in value.values()
-            ):
-                raise ValueError(f"'{key}' must map model names to keyword-argument mappings")
+    def _no_other_keys(self):
+        for key in self.model_extra or {}:
+            raise ValueError(f"unknown key '{key}'; model arguments live under one of {', '.join(MODEL_SOURCES)}")
         return self
+
+    def sources(self) -> dict[str, dict[str, Optional[dict[str, Any]]]]:
+        """{source: {arch: kwargs}} for the argument sections written."""
+        return {src: getattr(self, src) for src in MODEL_SOURCES if getattr(self, src)}
 
     def kwargs_for(self, name: Optional[str] = None) -> dict[str, Any]:
         """Arguments for a model `source.arch`, written at model.<source>.<arch>."""
         name = name or self.name
         source, _, arch = name.partition(".")
-        return dict(((self.model_extra or {}).get(source) or {}).get(arch) or {})
+        return dict((getattr(self, source, None) or {}).get(arch) or {} if source in MODEL_SOURCES else {})
 
 
 class AugmentParams(_Strict):
@@ -247,9 +249,23 @@ class Params(_Strict):
     visualize: VisualizeParams = Field(default_factory=VisualizeParams)
 
 
-def _format(err: dict) -> ParamsError:
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+#: How pydantic tags the member of a union a value was tried against (`list[str]`, `str`):
+#: a type, not a key, so it is left out of the key an error names.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|tuple\[.*\])$")
+
+
+def _key(loc) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-after")
+                    and not (isinstance(p, str) and _UNION_TAG.match(p)))
+
+
+def _format(err: dict, siblings: list[dict] = ()) -> ParamsError:
+    loc = _key(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    # a value that fits no member of a union: one message per member, all at the same key
+    others = [e["msg"].removeprefix("Value error, ") for e in siblings if _key(e["loc"]) == loc]
+    if others:
+        msg = " or ".join(dict.fromkeys([msg, *others]))
     if err["type"] == "extra_forbidden":
         return ParamsError(loc or "<top>", "unknown key (a typo?); remove it or fix its name")
     value = err.get("input")
@@ -266,7 +282,8 @@ def parse_params(raw: Any) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise _format(exc.errors()[0]) from None
+        errors = exc.errors()
+        raise _format(errors[0], errors[1:]) from None
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

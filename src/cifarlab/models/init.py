@@ -183,11 +183,22 @@ def _try(p: InitPlan, key: str) -> None:
     sample = torch.empty(LAYER_TYPES[p.layer][1])
     try:
         p.fn(sample, **p.kwargs)
-    except (TypeError, ValueError, RuntimeError) as exc:
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        # AttributeError: torch calls str methods on `mode` and `nonlinearity` unchecked
         culprits = [k for k, v in p.written.items() if str(v) in str(exc) or k in str(exc)]
+        if len(culprits) != 1 and isinstance(exc, AttributeError):
+            culprits = [k for k, v in p.written.items() if not isinstance(v, (str, int, float))] or culprits
         where = f"{key}.{culprits[0]}" if len(culprits) == 1 else key
         raise ParamsError(where, f"torch.nn.init.{p.method} refused it: {exc}",
                           p.written.get(culprits[0]) if len(culprits) == 1 else None) from None
+    if not torch.isfinite(sample).all():
+        # torch fills NaN or inf weights without complaint (normal_ with mean: .nan): the
+        # first epoch would then stop on a non-finite loss, far from the cause
+        bad = [k for k, v in p.written.items()
+               if isinstance(v, float) and not torch.isfinite(torch.tensor(v))]
+        where = f"{key}.{bad[0]}" if len(bad) == 1 else key
+        raise ParamsError(where, f"torch.nn.init.{p.method} gives non-finite weights with it; "
+                          "use finite numbers", p.written.get(bad[0]) if len(bad) == 1 else None)
 
 
 def plan_all(init) -> dict[str, InitPlan]:

@@ -135,7 +135,7 @@ def check_model(params) -> None:
     prefixes are checked against the built model in create_model.
     """
     source, arch = split_name(params.name)
-    for src, archs in (params.model_extra or {}).items():
+    for src, archs in params.sources().items():
         known = SOURCES[src].names()
         for a in archs or {}:
             if a not in known:

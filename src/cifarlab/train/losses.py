@@ -185,6 +185,9 @@ def _kwargs(params: LossParams, cls, num_classes: int) -> tuple[dict[str, Any], 
             kwargs["reduction"],
             reductions,
         )
+    if "label_smoothing" in kwargs and not 0 <= kwargs["label_smoothing"] <= 1:
+        # torch checks only the upper bound: a negative value trains, rewarding confident errors
+        raise ParamsError(f"{key}.label_smoothing", "must be a number from 0 to 1", kwargs["label_smoothing"])
     for arg in _PER_CLASS:
         if arg in kwargs and kwargs[arg] is not None:
             kwargs[arg] = _per_class(f"{key}.{arg}", kwargs[arg], num_classes)
