@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +67,13 @@ def batch_arrays(path: Path, name: str = "test_batch") -> tuple[np.ndarray, np.n
         obj = pickle.loads(tar.extractfile(f"{ROOT}/{name}").read(), encoding="latin1")
     obj = {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
     return obj["data"].reshape(-1, 3, 32, 32), np.asarray(obj["labels"])
+
+
+def png_bomb(path: Path, side: int = 100_000) -> None:
+    """A tiny PNG whose header claims side x side pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 97))
+                     + chunk(b"IEND", b""))

@@ -20,11 +20,9 @@ import os
 import pickle
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import tarfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ import yaml
 from PIL import Image
 
 from cifar_factory import ROOT as ARCHIVE_ROOT
-from cifar_factory import make_archive, make_batch
+from cifar_factory import make_archive, make_batch, png_bomb
 from cifarlab.data import archive as archive_mod
 from cifarlab.data.archive import read_archive
 from cifarlab.data.images import load_rgb32
@@ -277,16 +275,6 @@ def test_index_with_a_bad_split_manifest(proj, kind, words):
 # ------------------------------------------------------------------ stats: images named by the index
 
 
-def _png_bomb(path: Path, side: int = 100_000) -> None:
-    """A tiny PNG whose header claims side x side pixels (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 97))
-                     + chunk(b"IEND", b""))
-
-
 def _break_image(target: Path, kind: str) -> None:
     target.unlink()  # a new file: unpack's hard-linked original stays intact
     if kind == "missing":
@@ -309,7 +297,7 @@ def _break_image(target: Path, kind: str) -> None:
     elif kind == "palette":
         Image.new("P", (32, 32)).save(target, format="PNG")
     elif kind == "bomb":
-        _png_bomb(target)
+        png_bomb(target)
     else:
         raise ValueError(kind)
 
@@ -418,7 +406,7 @@ def test_read_stats_errors_name_the_file(tmp_path):
 
 def test_an_image_header_is_checked_before_its_pixels_are_decoded(tmp_path):
     big = tmp_path / "big.png"
-    _png_bomb(big, side=5000)  # under PIL's bomb limit: refused by its size, nothing decoded
+    png_bomb(big, side=5000)  # under PIL's bomb limit: refused by its size, nothing decoded
     with pytest.raises(DataError, match="5000x5000 pixels"):
         load_rgb32(big)
 

@@ -240,3 +240,21 @@ def test_an_unknown_component_name_lists_the_choices(key, value):
 
 def test_the_shipped_params_pass_every_check():
     assert first_error(copy.deepcopy(RAW)) is None
+
+
+# Numbers beyond what torch converts (inf where an int is needed, integers beyond float range):
+# torch raises OverflowError, which must come out as a ParamsError naming the section.
+EXTREME = [
+    ("augment.train.0.RandomCrop.size", math.inf, "augment.train.0.RandomCrop"),
+    ("optimizer.SGD.weight_decay", 10**400, "optimizer.SGD"),
+    ("optimizer.lr", 1e308, "optimizer.SGD"),
+    ("model.init.linear.normal_.std", 10**400, "model.init.linear"),
+]
+
+
+@pytest.mark.parametrize("key, value, named", EXTREME, ids=[k for k, _, _ in EXTREME])
+def test_numbers_torch_cannot_convert_are_params_errors(key, value, named):
+    path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+    err = first_error(changed(path, value))
+    assert err is not None, f"{key}: {value!r} accepted"
+    assert err.key.startswith(named), err

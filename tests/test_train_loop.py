@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_factory import CLASSES, make_archive
+from cifar_factory import CLASSES, make_archive, png_bomb
 from cifarlab.data.index import write_indexes
 from cifarlab.data.split import split
 from cifarlab.data.stats import write_stats
@@ -194,6 +194,10 @@ def test_predict_any_picture(tree, tmp_path):
     bad.write_text("not a picture")
     with pytest.raises(CifarlabError, match="bad.png: not a readable image"):
         predict_files(model, [big, bad])
+    bomb = tmp_path / "bomb.png"
+    png_bomb(bomb)
+    with pytest.raises(CifarlabError, match="bomb.png: refused, far too many pixels"):
+        predict_files(model, [bomb])
     assert cli(["predict", str(big), "--model", str(model), "--top-k", "11"]) == 1
     assert cli(["predict", str(gray), "--model", str(tmp_path / "missing.pt")]) == 1
 

@@ -23,6 +23,8 @@ def _open_any(path: Path) -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise CifarlabError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:  # not an OSError: PIL's guard against huge headers
+        raise CifarlabError(f"{path}: refused, far too many pixels to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CifarlabError(f"{path}: not a readable image ({type(exc).__name__})") from None
 

@@ -195,7 +195,7 @@ def resolve_kwargs(name: str, kwargs: dict[str, Any], path: str) -> dict[str, An
 def _construct(name: str, path: str, *args: Any, **kwargs: Any) -> v2.Transform:
     try:
         return getattr(v2, name)(*args, **kwargs)
-    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+    except (ValueError, TypeError, RuntimeError, KeyError, ArithmeticError) as exc:
         raise ParamsError(f"{path}.{name}", f"invalid arguments: {exc}") from None
 
 

@@ -183,7 +183,7 @@ def _try(p: InitPlan, key: str) -> None:
     sample = torch.empty(LAYER_TYPES[p.layer][1])
     try:
         p.fn(sample, **p.kwargs)
-    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+    except (TypeError, ValueError, RuntimeError, AttributeError, ArithmeticError) as exc:
         # AttributeError: torch calls str methods on `mode` and `nonlinearity` unchecked
         culprits = [k for k, v in p.written.items() if str(v) in str(exc) or k in str(exc)]
         if len(culprits) != 1 and isinstance(exc, AttributeError):

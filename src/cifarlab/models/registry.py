@@ -60,7 +60,7 @@ class LocalSource:
                                   value, accepted or ["(none: it takes no arguments)"])
         try:
             return self.models[arch](num_classes=num_classes, **kwargs)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise ParamsError(key, f"{self.source}.{arch} rejected these arguments: {exc}") from None
 
     def check(self, arch: str, kwargs: Optional[dict], key: Optional[str] = None) -> None:

@@ -460,7 +460,7 @@ def build(
     _precheck(arch, kwargs, key)
     try:
         return _build(arch, kwargs, num_classes)
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, IndexError) as exc:
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, IndexError, ArithmeticError) as exc:
         raise _params_error(arch, kwargs, key, exc) from None
 
 
@@ -475,7 +475,7 @@ def check(arch: str, kwargs: Optional[dict] = None, key: Optional[str] = None) -
         model = build(arch, kwargs, 10, key)
         try:
             out = model.eval()(torch.empty(2, 3, SIZE, SIZE))
-        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        except (TypeError, ValueError, AssertionError, RuntimeError, ArithmeticError) as exc:
             raise ParamsError(
                 key, f"torchvision.models.{arch} does not work at {SIZE}x{SIZE} with these "
                 f"arguments: {type(exc).__name__}: {exc}"

@@ -220,7 +220,7 @@ def build_loss(params: LossParams, num_classes: int = 10) -> nn.Module:
     kwargs, extras = _kwargs(params, cls, num_classes)
     try:
         loss = cls(**kwargs)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
         raise ParamsError(f"loss.{params.name}", f"torch refused the arguments: {exc}",
                           params.kwargs_for()) from None
     return ClassificationLoss(params.name, loss, num_classes, **extras)
@@ -239,7 +239,7 @@ def check_loss(params: LossParams, num_classes: int = 10) -> None:
     try:
         value = loss(logits, target)
         value.backward()
-    except (ValueError, TypeError, RuntimeError, IndexError) as exc:
+    except (ValueError, TypeError, RuntimeError, IndexError, ArithmeticError) as exc:
         raise ParamsError(f"loss.{params.name}", f"torch failed on a test batch: {exc}",
                           params.kwargs_for()) from None
     if value.ndim != 0 or not math.isfinite(value.item()):

@@ -92,6 +92,14 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _finite(value) -> bool:
+    """A number a float can hold: not NaN or inf, and no integer beyond float's range."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _coerce(value, hint, lenient: bool):
     """`value` converted to fit `hint` (YAML lists to tuples or tensors...), or _Mismatch."""
     if hint is Any or hint is _EMPTY:
@@ -123,7 +131,8 @@ def _coerce(value, hint, lenient: bool):
             return value
         raise _Mismatch("true or false")
     if hint is int:
-        if _is_number(value) and float(value).is_integer():
+        if isinstance(value, int) and not isinstance(value, bool) or _is_number(value) and _finite(value) \
+                and float(value).is_integer():
             if isinstance(value, int) or lenient:
                 return int(value)
         raise _Mismatch("an integer")
@@ -133,7 +142,7 @@ def _coerce(value, hint, lenient: bool):
                 value = float(value)
             except ValueError:
                 pass
-        if _is_number(value) and math.isfinite(value):
+        if _is_number(value) and _finite(value):
             return float(value) if lenient else value
         raise _Mismatch("a finite number")
     if hint is str:
@@ -141,7 +150,7 @@ def _coerce(value, hint, lenient: bool):
             return value
         raise _Mismatch("a string")
     if hint is torch.Tensor:
-        if _is_number(value) and math.isfinite(value):
+        if _is_number(value) and _finite(value):
             return value
         if isinstance(value, (list, tuple)) and value and all(
             _is_number(v) and math.isfinite(v) for v in value
@@ -297,7 +306,7 @@ def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
 def _construct(cls, groups: list[dict], params: OptimizerParams, kwargs: dict):
     try:
         return cls(groups, lr=params.lr, **kwargs)
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
         raise ParamsError(
             f"optimizer.{params.name}", f"torch refused the arguments: {exc}", params.kwargs_for()
         ) from None
@@ -342,7 +351,7 @@ def check_optimizer(params: OptimizerParams) -> None:
             else:
                 closure()
                 optimizer.step()
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
         raise ParamsError(
             f"optimizer.{params.name}", f"torch failed on a test step: {exc}", params.kwargs_for()
         ) from None

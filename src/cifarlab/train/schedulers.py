@@ -271,7 +271,7 @@ def _make(spec: _Spec, optimizer, span: int, per_epoch: int, base_lrs: list[floa
         return spec.cls(optimizer, **kwargs)
     except ParamsError:
         raise
-    except (ValueError, TypeError, RuntimeError, KeyError, ZeroDivisionError) as exc:
+    except (ValueError, TypeError, RuntimeError, KeyError, ArithmeticError) as exc:
         raise ParamsError(spec.key, f"torch refused the arguments: {exc}", spec.kwargs or None) from None
 
 
@@ -375,7 +375,7 @@ def check_scheduler(params: SchedulerParams, optimizer_params: Optional[Optimize
                 sched.step_epoch({m: 1.0 for m in MONITORS})
             except ParamsError:
                 raise
-            except (ValueError, TypeError, RuntimeError, ZeroDivisionError, IndexError) as exc:
+            except (ValueError, TypeError, RuntimeError, IndexError, ArithmeticError) as exc:
                 raise ParamsError(spec.key, f"torch failed at step {i + 1}: {exc}") from None
 
 
