@@ -65,6 +65,38 @@ def train_run(proj, tag: str, values: dict, evaluate: bool = False) -> dict:
     return res
 
 
+def step_floor(steps: int = 2000) -> float:
+    """Seconds per step of the tutorial's Net alone at batch 16: forward, backward, SGD step on a
+    fixed in-memory batch (no data, no augmentation, no bookkeeping), channels-last fp32 with
+    torch's threads on every core: what 20 epochs cost at the least with torch's kernels."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from cifarlab.models.tutorial import Net
+
+    model = Net().to(memory_format=torch.channels_last)
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9, dampening=0.1, fused=True)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(200):
+        step()
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best
+
+
 def tutorial_run(proj, seed: int, epochs: int = 20) -> dict:
     out = proj.run(sys.executable, str(ROOT / "bench/tutorial_train.py"), str(proj.path), "--epochs", str(epochs),
                    "--seed", str(seed))
@@ -106,6 +138,10 @@ def main():
                   f"{spread([r['final_valid_acc'] for r in runs])}; vs the tutorial script here "
                   f"{base[0]['seconds'] / t:.1f}x faster; vs the issue's 58.7 s: {58.7 / t:.1f}x "
                   f"[target: at least 3x, valid acc within 25.0%-41.8%]", flush=True)
+            floor = step_floor()
+            print(f"   the Net's bare step at batch 16 (no data, no bookkeeping): {floor * 1e3:.2f} ms, so "
+                  f"10,000 steps (20 epochs) take at least {floor * 1e4:.1f} s here; a third of the issue's "
+                  f"58.7 s is {58.7 / 3:.1f} s", flush=True)
         if "default" in args.only:
             runs = [train_run(proj, f"default{s}", {"seed": s}, evaluate=True) for s in SEEDS]
             print(f"2. default params: test acc {spread([r['test_acc'] for r in runs])} over seeds {SEEDS}; "
