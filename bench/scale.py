@@ -29,7 +29,7 @@ SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from data_stages import timed  # noqa: E402
-from dvc_project import make_project, set_params  # noqa: E402
+from dvc_project import make_project  # noqa: E402
 
 ALL = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
 SIZES = {

@@ -120,7 +120,7 @@ def main():
                        capture_output=True)
         proj = make_project(tmp / "proj", archive)
         proj.dvc("repro", "stats")
-        print(f"torch threads: all cores; data: 8000 train / 1000 valid / 1000 test (real CIFAR-10 test batch)\n",
+        print("torch threads: all cores; data: 8000 train / 1000 valid / 1000 test (real CIFAR-10 test batch)\n",
               flush=True)
         base = None
         if args.only & {"tutorial", "fast"}:

@@ -1,6 +1,7 @@
 """A throwaway copy of this project in a temp git repo, driven through the real dvc CLI."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -123,3 +124,30 @@ def preset(name: str) -> dict:
         out[key] = yaml.safe_load(value.replace(":", ": ").replace(",", ", ")) if value.startswith("[") \
             else yaml.safe_load(value)
     return out
+
+
+# --- comparing workspaces (the reliability tests) -------------------------------------------
+
+
+def files_of(root: Path, rel: str) -> dict[str, str] | None:
+    """{path: md5} of the file or every file under the folder `rel`; None if it is absent."""
+    p = root / rel
+    if not p.exists():
+        return None
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return {str(f.relative_to(root)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+def snapshot(root: Path, paths: list[str]) -> dict[str, str]:
+    """md5 of every file under `paths`; an absent path is recorded as "absent"."""
+    out = {}
+    for rel in paths:
+        out.update(files_of(root, rel) or {rel: "absent"})
+    return out
+
+
+def temp_leftovers(root: Path, skip: tuple[str, ...] = (".git", ".dvc")) -> list[str]:
+    """Temporary siblings (cifarlab.atomic's `.<name>.*.tmp` / `.old`) anywhere outside `skip`."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
+                  if not (set(p.relative_to(root).parts) & set(skip))
+                  and (p.name.endswith(".tmp") or p.name.endswith(".old")))

@@ -15,13 +15,10 @@ file proves the same through the scripts DVC runs, and adds the cases those lack
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pickle
-import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -37,7 +34,7 @@ from cifarlab.data.archive import read_archive
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.stats import read_stats
 from cifarlab.errors import DataError
-from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project
+from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project, snapshot, temp_leftovers
 
 REPO = Path(__file__).resolve().parent.parent
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -50,24 +47,8 @@ DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
 
-def snapshot(root: Path, paths: list[str]) -> dict[str, str]:
-    """md5 of every file under `paths` (absent paths are recorded as absent)."""
-    out = {}
-    for rel in paths:
-        p = root / rel
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        if not p.exists():
-            out[rel] = "absent"
-        for f in files:
-            out[str(f.relative_to(root))] = hashlib.md5(f.read_bytes()).hexdigest()
-    return out
 
 
-def temp_leftovers(root: Path) -> list[str]:
-    skip = {".git", ".dvc"}
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
-                  if not (set(p.relative_to(root).parts) & skip)
-                  and (p.name.endswith(".tmp") or p.name.endswith(".old")))
 
 
 def params_file(proj: Project, changes: dict) -> Path:

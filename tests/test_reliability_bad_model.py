@@ -10,12 +10,9 @@ broken image, NaN loss), test_viz_stage.py (a bad Grad-CAM layer).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
-import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +21,7 @@ import yaml
 from PIL import Image
 
 from cifar_factory import make_archive
-from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project
+from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project, snapshot, temp_leftovers
 from cifarlab.models.registry import build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,23 +32,8 @@ DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
 
-def snapshot(root: Path, paths: list[str]) -> dict[str, str]:
-    out = {}
-    for rel in paths:
-        p = root / rel
-        if not p.exists():
-            out[rel] = "absent"
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        for f in files:
-            out[str(f.relative_to(root))] = hashlib.md5(f.read_bytes()).hexdigest()
-    return out
 
 
-def temp_leftovers(root: Path) -> list[str]:
-    skip = {".git", ".dvc"}
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
-                  if not (set(p.relative_to(root).parts) & skip)
-                  and (p.name.endswith(".tmp") or p.name.endswith(".old")))
 
 
 def run_stage(proj: Project, stage: str, params: dict | None = None) -> subprocess.CompletedProcess:

@@ -24,7 +24,6 @@ the next run of the stage does (cifarlab.atomic.sweep_stale_siblings), which is 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -39,7 +38,9 @@ import pytest
 import yaml
 
 from cifar_factory import make_archive
-from dvc_project import stage_outs, TINY, Project, make_project
+from dvc_project import stage_outs, TINY, Project, make_project, files_of, temp_leftovers
+
+KEEP = (".git", ".dvc", "checkpoints")  # checkpoints/ is git-ignored state, not an output
 
 REPO = Path(__file__).resolve().parent.parent
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -62,12 +63,6 @@ TRIGGERS = {
 
 
 
-def files_of(root: Path, rel: str) -> dict[str, str] | None:
-    p = root / rel
-    if not p.exists():
-        return None
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    return {str(f.relative_to(root)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
 
 
 def timed(rel: str) -> bool:
@@ -85,11 +80,6 @@ def lock_outs(root: Path) -> dict[str, str]:
     return out
 
 
-def temp_leftovers(root: Path) -> list[str]:
-    skip = {".git", ".dvc", "checkpoints"}
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
-                  if not (set(p.relative_to(root).parts) & skip)
-                  and (p.name.endswith(".tmp") or p.name.endswith(".old")))
 
 
 def interrupt(proj: Project, args: list[str], trigger: str, delay: float, sig: int,
@@ -227,7 +217,7 @@ def check_every_stage(tmp_path: Path, archive: Path, reference: Project, sig: in
         for rel in stage_outs(stage):
             assert files_of(proj.path, rel), f"{stage}: {rel} missing after the rerun"
         if sig == signal.SIGINT:
-            assert temp_leftovers(proj.path) == [], f"{stage}: a Ctrl-C'd stage removes its temporary files"
+            assert temp_leftovers(proj.path, KEEP) == [], f"{stage}: a Ctrl-C'd stage removes its temporary files"
         proj.commit(f"{stage} done")  # as users do: a committed dvc.lock is what repair_dvc_state restores
     print(f"{signal.Signals(sig).name}: interrupted while running: {', '.join(interrupted)}; "
           f"DVC files repaired after the kill: {', '.join(repaired) or 'none'}")
@@ -265,7 +255,7 @@ def test_a_killed_unpack_leaves_no_temporary_tree_behind(tmp_path, archive):
     sent, _ = interrupt(proj, ["repro", "unpack"], "unpack: data_batch_1:", 0.0, signal.SIGKILL)
     assert sent
     proj.dvc("repro", "unpack")
-    assert temp_leftovers(proj.path) == []
+    assert temp_leftovers(proj.path, KEEP) == []
 
 
 def test_dvc_files_cut_short_by_a_kill_are_repaired_as_documented(tmp_path, archive):

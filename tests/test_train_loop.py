@@ -246,13 +246,18 @@ def test_tensor_source_chunks_keep_batch_boundaries_and_cover_every_image(chunk)
 
 
 def test_tensor_source_hands_out_channels_last_batches_when_asked():
+    from cifarlab.data.batch_augment import plan
     from cifarlab.train.loop import TensorSource
 
-    images = torch.zeros(20, 3, 8, 8, dtype=torch.uint8)
-    src = TensorSource(images, torch.zeros(20, dtype=torch.long), lambda x, g: x.float(), 6, seed=0,
-                       channels_last=True)
-    for x, _ in src.batches(0):
-        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    aug = plan([{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}],
+               {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}, "augment.train", image_size=(8, 8))
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    plain = TensorSource(images, torch.zeros(20, dtype=torch.long), aug, 6, seed=0)
+    cl = TensorSource(images, torch.zeros(20, dtype=torch.long), aug, 6, seed=0, channels_last=True)
+    for (x, _), (xc, _) in zip(plain.batches(0), cl.batches(0)):
+        assert xc.is_contiguous(memory_format=torch.channels_last) and not xc.is_contiguous()
+        assert x.is_contiguous()
+        torch.testing.assert_close(xc, x, rtol=0, atol=0)  # the same numbers, another layout
 
 
 class _Fixed(torch.nn.Module):

@@ -5,8 +5,6 @@ import csv
 import io
 from pathlib import Path
 
-import torch
-
 from .artifact import load_model
 from .atomic import write_json, write_text
 from .data.dataset import load_tensors
