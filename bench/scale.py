@@ -38,7 +38,7 @@ SIZES = {
 }
 #: which images each stage's work grows with: (meta.json key path, or a fixed count)
 WORK = {"unpack": "all", "split": "all", "index": "all", "stats": "train", "train": "train+valid",
-        "evaluate": "test", "visualize": "fixed"}
+        "evaluate": "test", "visualize": "test"}  # visualize decodes the test index
 
 
 def counts(proj) -> dict[str, int]:
