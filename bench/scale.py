@@ -36,7 +36,7 @@ SIZES = {
     "10k": {"build": ["--test-only"], "params": {}},
     "60k": {"build": [], "params": {"data.batches": ALL, "split.mode": "standard"}},
 }
-#: which images each stage's work grows with: (meta.json key path, or a fixed count)
+#: which images each stage's work grows with (a key of `counts`)
 WORK = {"unpack": "all", "split": "all", "index": "all", "stats": "train", "train": "train+valid",
         "evaluate": "test", "visualize": "test"}  # visualize decodes the test index
 
@@ -44,7 +44,7 @@ WORK = {"unpack": "all", "split": "all", "index": "all", "stats": "train", "trai
 def counts(proj) -> dict[str, int]:
     lines = {n: len((proj.path / f"data/index/{n}.txt").read_text().splitlines()) for n in ("train", "valid", "test")}
     return {"all": sum(lines.values()), "train": lines["train"], "train+valid": lines["train"] + lines["valid"],
-            "test": lines["test"], "fixed": 1}
+            "test": lines["test"]}
 
 
 def run_size(label: str, tmp: Path, epochs: int | None) -> dict:
