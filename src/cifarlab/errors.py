@@ -29,3 +29,11 @@ class ParamsError(CifarlabError):
 
 class DataError(CifarlabError):
     """A missing, corrupt, truncated or hostile data file: the archive, an image, an index."""
+
+
+#: What torch, torchvision and the torch.nn.init functions raise for an argument they refuse:
+#: besides the usual TypeError/ValueError/RuntimeError, an ArithmeticError for a number beyond
+#: what they convert (`.inf` where an int is needed, an integer beyond float's range). Every
+#: check that tries a component on the user's arguments catches these, plus whatever else
+#: that component is known to raise, and turns them into a ParamsError naming the key.
+TORCH_ARGUMENT_ERRORS = (TypeError, ValueError, RuntimeError, ArithmeticError)

@@ -148,7 +148,9 @@ class ModelParams(_Strict):
         """Arguments for a model `source.arch`, written at model.<source>.<arch>."""
         name = name or self.name
         source, _, arch = name.partition(".")
-        return dict((getattr(self, source, None) or {}).get(arch) or {} if source in MODEL_SOURCES else {})
+        if source not in MODEL_SOURCES:
+            return {}
+        return dict(getattr(self, source).get(arch) or {})
 
 
 class AugmentParams(_Strict):

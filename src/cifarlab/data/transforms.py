@@ -32,7 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 
 # v2 classes that cannot work on a lone image: they need labels, boxes, key points or a batch.
 # Rejected with the reason instead of failing on the first image, deep in a DataLoader worker.
@@ -195,7 +195,7 @@ def resolve_kwargs(name: str, kwargs: dict[str, Any], path: str) -> dict[str, An
 def _construct(name: str, path: str, *args: Any, **kwargs: Any) -> v2.Transform:
     try:
         return getattr(v2, name)(*args, **kwargs)
-    except (ValueError, TypeError, RuntimeError, KeyError, ArithmeticError) as exc:
+    except (*TORCH_ARGUMENT_ERRORS, KeyError) as exc:
         raise ParamsError(f"{path}.{name}", f"invalid arguments: {exc}") from None
 
 

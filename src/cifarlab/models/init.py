@@ -32,13 +32,14 @@ subclasses, e.g. attention output projections); batchnorm = BatchNorm*/InstanceN
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 
 #: The torch.nn.init methods offered, with the weight ranks each can fill (min, max).
 METHODS: dict[str, tuple[int, Optional[int]]] = {
@@ -183,7 +184,7 @@ def _try(p: InitPlan, key: str) -> None:
     sample = torch.empty(LAYER_TYPES[p.layer][1])
     try:
         p.fn(sample, **p.kwargs)
-    except (TypeError, ValueError, RuntimeError, AttributeError, ArithmeticError) as exc:
+    except (*TORCH_ARGUMENT_ERRORS, AttributeError) as exc:
         # AttributeError: torch calls str methods on `mode` and `nonlinearity` unchecked
         culprits = [k for k, v in p.written.items() if str(v) in str(exc) or k in str(exc)]
         if len(culprits) != 1 and isinstance(exc, AttributeError):
@@ -195,7 +196,7 @@ def _try(p: InitPlan, key: str) -> None:
         # torch fills NaN or inf weights without complaint (normal_ with mean: .nan): the
         # first epoch would then stop on a non-finite loss, far from the cause
         bad = [k for k, v in p.written.items()
-               if isinstance(v, float) and not torch.isfinite(torch.tensor(v))]
+               if isinstance(v, float) and not math.isfinite(v)]
         where = f"{key}.{bad[0]}" if len(bad) == 1 else key
         raise ParamsError(where, f"torch.nn.init.{p.method} gives non-finite weights with it; "
                           "use finite numbers", p.written.get(bad[0]) if len(bad) == 1 else None)

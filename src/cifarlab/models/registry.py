@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 from . import cifar, torchvision_adapt, tutorial
 from .finetune import freeze, load_pretrained
 from .init import apply_init, check_init
@@ -60,7 +60,7 @@ class LocalSource:
                                   value, accepted or ["(none: it takes no arguments)"])
         try:
             return self.models[arch](num_classes=num_classes, **kwargs)
-        except (TypeError, ValueError, ArithmeticError) as exc:
+        except TORCH_ARGUMENT_ERRORS as exc:
             raise ParamsError(key, f"{self.source}.{arch} rejected these arguments: {exc}") from None
 
     def check(self, arch: str, kwargs: Optional[dict], key: Optional[str] = None) -> None:

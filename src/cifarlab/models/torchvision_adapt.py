@@ -33,7 +33,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 
 SIZE = 32
 
@@ -460,7 +460,7 @@ def build(
     _precheck(arch, kwargs, key)
     try:
         return _build(arch, kwargs, num_classes)
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError, IndexError, ArithmeticError) as exc:
+    except (*TORCH_ARGUMENT_ERRORS, AssertionError, KeyError, IndexError) as exc:
         raise _params_error(arch, kwargs, key, exc) from None
 
 
@@ -475,7 +475,7 @@ def check(arch: str, kwargs: Optional[dict] = None, key: Optional[str] = None) -
         model = build(arch, kwargs, 10, key)
         try:
             out = model.eval()(torch.empty(2, 3, SIZE, SIZE))
-        except (TypeError, ValueError, AssertionError, RuntimeError, ArithmeticError) as exc:
+        except (*TORCH_ARGUMENT_ERRORS, AssertionError) as exc:
             raise ParamsError(
                 key, f"torchvision.models.{arch} does not work at {SIZE}x{SIZE} with these "
                 f"arguments: {type(exc).__name__}: {exc}"

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 from ..params import LossParams
 from .optimizers import validate_kwargs
 
@@ -220,7 +220,7 @@ def build_loss(params: LossParams, num_classes: int = 10) -> nn.Module:
     kwargs, extras = _kwargs(params, cls, num_classes)
     try:
         loss = cls(**kwargs)
-    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+    except TORCH_ARGUMENT_ERRORS as exc:
         raise ParamsError(f"loss.{params.name}", f"torch refused the arguments: {exc}",
                           params.kwargs_for()) from None
     return ClassificationLoss(params.name, loss, num_classes, **extras)
@@ -239,7 +239,7 @@ def check_loss(params: LossParams, num_classes: int = 10) -> None:
     try:
         value = loss(logits, target)
         value.backward()
-    except (ValueError, TypeError, RuntimeError, IndexError, ArithmeticError) as exc:
+    except (*TORCH_ARGUMENT_ERRORS, IndexError) as exc:
         raise ParamsError(f"loss.{params.name}", f"torch failed on a test batch: {exc}",
                           params.kwargs_for()) from None
     if value.ndim != 0 or not math.isfinite(value.item()):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Literal, Union
 import torch
 from torch import nn
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 from ..params import OptimizerParams
 
 #: Classes torch exports that cannot train the models of this project, and why.
@@ -131,10 +131,10 @@ def _coerce(value, hint, lenient: bool):
             return value
         raise _Mismatch("true or false")
     if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool) or _is_number(value) and _finite(value) \
-                and float(value).is_integer():
-            if isinstance(value, int) or lenient:
-                return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if lenient and _is_number(value) and _finite(value) and float(value).is_integer():
+            return int(value)
         raise _Mismatch("an integer")
     if hint is float:
         if lenient and isinstance(value, str):  # '1e-3': YAML 1.1 reads it as text
@@ -153,7 +153,7 @@ def _coerce(value, hint, lenient: bool):
         if _is_number(value) and _finite(value):
             return value
         if isinstance(value, (list, tuple)) and value and all(
-            _is_number(v) and math.isfinite(v) for v in value
+            _is_number(v) and _finite(v) for v in value
         ):
             return torch.tensor([float(v) for v in value])
         raise _Mismatch("a number or a list of numbers")
@@ -306,7 +306,7 @@ def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
 def _construct(cls, groups: list[dict], params: OptimizerParams, kwargs: dict):
     try:
         return cls(groups, lr=params.lr, **kwargs)
-    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+    except TORCH_ARGUMENT_ERRORS as exc:
         raise ParamsError(
             f"optimizer.{params.name}", f"torch refused the arguments: {exc}", params.kwargs_for()
         ) from None
@@ -351,7 +351,7 @@ def check_optimizer(params: OptimizerParams) -> None:
             else:
                 closure()
                 optimizer.step()
-    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+    except TORCH_ARGUMENT_ERRORS as exc:
         raise ParamsError(
             f"optimizer.{params.name}", f"torch failed on a test step: {exc}", params.kwargs_for()
         ) from None

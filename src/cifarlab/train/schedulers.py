@@ -57,7 +57,7 @@ from typing import Any, Optional
 import torch
 from torch.optim import lr_scheduler
 
-from ..errors import ParamsError
+from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
 from ..params import OptimizerParams, SchedulerParams
 from .optimizers import dummy_optimizer, validate_kwargs
 from .safe_formula import Formula, parse_formula
@@ -271,7 +271,7 @@ def _make(spec: _Spec, optimizer, span: int, per_epoch: int, base_lrs: list[floa
         return spec.cls(optimizer, **kwargs)
     except ParamsError:
         raise
-    except (ValueError, TypeError, RuntimeError, KeyError, ArithmeticError) as exc:
+    except (*TORCH_ARGUMENT_ERRORS, KeyError) as exc:
         raise ParamsError(spec.key, f"torch refused the arguments: {exc}", spec.kwargs or None) from None
 
 
@@ -375,7 +375,7 @@ def check_scheduler(params: SchedulerParams, optimizer_params: Optional[Optimize
                 sched.step_epoch({m: 1.0 for m in MONITORS})
             except ParamsError:
                 raise
-            except (ValueError, TypeError, RuntimeError, IndexError, ArithmeticError) as exc:
+            except (*TORCH_ARGUMENT_ERRORS, IndexError) as exc:
                 raise ParamsError(spec.key, f"torch failed at step {i + 1}: {exc}") from None
 
 
