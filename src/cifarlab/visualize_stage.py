@@ -12,7 +12,6 @@ written atomically as a whole: an interrupted run leaves the previous pictures o
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +21,11 @@ from torchvision.utils import make_grid
 from .artifact import load_model
 from .atomic import atomic_dir, write_text
 from .data.dataset import load_tensors
-from .errors import CifarlabError, ParamsError
+from .data.stats import read_stats
+from .errors import CifarlabError
 from .models.summary import summarize
 from .params import Params
-from .train.device import pick_device
+from .train.device import pick_device, use_all_cores
 from .viz import figures, hooks, kernels, layers
 from .viz.inputs import EvalInputs, train_grid_images
 from .viz.predictions import choose, predict
@@ -85,28 +85,13 @@ def _read_json(path: Path) -> dict:
         raise CifarlabError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _threads(device: torch.device) -> None:
-    if device.type == "cpu":
-        try:
-            torch.set_num_threads(len(os.sched_getaffinity(0)))
-        except AttributeError:
-            pass
-
-
-def _device(name: str) -> torch.device:
-    try:
-        return pick_device(name)
-    except ParamsError as exc:  # pick_device speaks of train.device; this is visualize.device
-        raise ParamsError("visualize.device", str(exc).split(": ", 2)[-1]) from None
-
-
 def _grad_cam_figure(model, layer: str, x: torch.Tensor, idx: list[int], targets, probs, classes):
     """Grad-CAM for the predicted class beside the true class (wrong) or the runner-up (right)."""
     p = probs[idx]
     pred, true = p.argmax(1), targets[idx]
     other = torch.where(pred == true, p.topk(2, dim=1).indices[:, 1], true)
-    cam_pred, _ = hooks.grad_cam(model, layer, x, pred)
-    cam_other, _ = hooks.grad_cam(model, layer, x, other)
+    # both targets in one forward and backward pass: the batch twice (eval mode: images independent)
+    cam_pred, cam_other = hooks.grad_cam(model, layer, torch.cat([x, x]), torch.cat([pred, other]))[0].chunk(2)
     pred_titles = [f"predicted {classes[c]} {p[i, c]:.2f}" for i, c in enumerate(pred.tolist())]
     other_titles = [f"{'runner-up' if pred[i] == true[i] else 'true'} {classes[c]} {p[i, c]:.2f}"
                     for i, c in enumerate(other.tolist())]
@@ -115,8 +100,9 @@ def _grad_cam_figure(model, layer: str, x: torch.Tensor, idx: list[int], targets
 
 def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
     vp, seed = params.visualize, params.seed
-    device = _device(vp.device)
-    _threads(device)
+    device = pick_device(vp.device, key="visualize.device")
+    if device.type == "cpu":
+        use_all_cores()
     model, meta = load_model(paths.model, device)
     hooks.no_inplace(model)
     classes = list(meta["classes"])
@@ -125,7 +111,8 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
     history = figures.read_history(paths.history) if Path(paths.history).is_file() else None
     if history is None:
         raise CifarlabError(f"{paths.history}: missing; run `dvc repro` (the train stage writes it)")
-    metrics, confusion, stats = (_read_json(f) for f in (paths.metrics, paths.confusion, paths.stats))
+    metrics, confusion = (_read_json(f) for f in (paths.metrics, paths.confusion))
+    stats = read_stats(paths.stats)
     channels_last = bool(meta.get("channels_last"))
 
     # the test set once: predictions for the PR curves and the picks, features for the projector
@@ -200,7 +187,7 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
             tb.figure(f"figures/{name}", pictures[name])
         for name in ("feature_maps", "weights", "gradients", "grad_cam"):  # big: logged as rendered
             tb.png(f"figures/{name}", fig_dir / f"{name}.png")
-        why = tb.graph(model, model_input(fm_idx[:1]))
+        why = tb.graph(model, fm_x[:1])
         if why:
             log(f"visualize: no model graph in TensorBoard, tracing failed ({why})")
         tb.embedding(feats[emb_idx], [classes[int(test_y[i])] for i in emb_idx], test_x[emb_idx].float() / 255)

@@ -27,7 +27,7 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     for t in list(model.parameters()) + list(model.buffers()):
         if t.is_floating_point():
             return t.device, t.dtype
@@ -61,7 +61,7 @@ def layer_rows(model: nn.Module, input_size=(1, 3, 32, 32)) -> tuple[list[tuple[
         direct = any(True for _ in module.parameters(recurse=False))
         if leaf or direct:
             handles.append(module.register_forward_hook(hook(name)))
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     was_training = model.training
     try:
         model.eval()

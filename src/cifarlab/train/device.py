@@ -35,7 +35,8 @@ class Runtime:
         return x.to(self.device, non_blocking=non_blocking and self.device.type == "cuda")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """The device `name` names; errors name `key` (train.device, or visualize.device)."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -44,11 +45,11 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("train.device", "CUDA is not available on this machine; use auto or cpu", name)
+        raise ParamsError(key, "CUDA is not available on this machine; use auto or cpu", name)
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ParamsError("train.device", f"this machine has {torch.cuda.device_count()} CUDA devices", name)
+        raise ParamsError(key, f"this machine has {torch.cuda.device_count()} CUDA devices", name)
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ParamsError("train.device", "MPS is not available on this machine; use auto or cpu", name)
+        raise ParamsError(key, "MPS is not available on this machine; use auto or cpu", name)
     return dev
 
 
@@ -63,19 +64,24 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def use_all_cores(world: int = 1) -> None:
+    """torch's CPU threads: the cores this process may use (a container's quota, not the host's
+    count), shared among the local ranks: oversubscribed OpenMP threads spin against each
+    other and training slows down many times over."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(max(1, cores // max(1, local_world)))
+
+
 def setup_runtime(device: str, amp: bool, threads: int, channels_last: bool, world: int = 1) -> Runtime:
     dev = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
     elif dev.type == "cpu":
-        # the cores this process may use, shared among the local ranks: oversubscribed
-        # OpenMP threads spin against each other and training slows down many times over
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cores = os.cpu_count() or 1
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        torch.set_num_threads(max(1, cores // max(1, local_world)))
+        use_all_cores(world)
     amp_dtype = None
     if amp and dev.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

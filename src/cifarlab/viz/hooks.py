@@ -26,10 +26,6 @@ def no_inplace(model: nn.Module) -> nn.Module:
     return model
 
 
-def module_named(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
-
-
 @contextlib.contextmanager
 def capture_outputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, each named module's output of its first call per forward lands in the dict."""
@@ -44,7 +40,7 @@ def capture_outputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, to
 
     try:
         for name in names:
-            handles.append(module_named(model, name).register_forward_hook(hook(name)))
+            handles.append(model.get_submodule(name).register_forward_hook(hook(name)))
         yield store
     finally:
         for h in handles:
@@ -76,7 +72,7 @@ def capture_inputs(model: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
     def record(_module, inputs, _output):
         seen.append(pooled(inputs[0].detach().float()))
 
-    handle = module_named(model, name).register_forward_hook(record)
+    handle = model.get_submodule(name).register_forward_hook(record)
     try:
         yield seen
     finally:
@@ -86,8 +82,8 @@ def capture_inputs(model: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
 def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM (Selvaraju et al. 2017) maps [N, H, W] in 0..1 for class `target[i]` of image i.
 
-    The forward hook keeps the layer's activations A [N, K, h, w] and hooks the gradient of
-    the class score with respect to them; each channel's weight is its gradient averaged
+    The forward hook keeps the layer's activations A [N, K, h, w], and the gradient of the
+    class score with respect to them is asked of autograd; each channel's weight is its gradient averaged
     over the map, and the map is ReLU(sum_k weight_k * A_k), upsampled to the input size and
     scaled to a maximum of 1 per image (all zero where nothing speaks for the class).
     Returns (maps, logits).
@@ -95,23 +91,20 @@ def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
     saved: dict[str, torch.Tensor] = {}
 
     def forward_hook(_module, _inputs, output):
-        if "act" in saved:  # a module called twice: explain its first call
-            return
-        saved["act"] = output
-        output.register_hook(lambda grad: saved.__setitem__("grad", grad))
+        saved.setdefault("act", output)  # a module called twice: explain its first call
 
     model.eval()
-    handle = module_named(model, layer).register_forward_hook(forward_hook)
+    handle = model.get_submodule(layer).register_forward_hook(forward_hook)
     try:
         with torch.enable_grad():
             # an input that wants a gradient makes every activation want one, frozen layers or not
             logits = model(x.detach().requires_grad_(True))
             score = logits.float().gather(1, target.view(-1, 1).to(logits.device)).sum()
             # only the activation's gradient is asked for: the parameters' .grad stay untouched
-            torch.autograd.grad(score, [saved["act"]])
+            grad, = torch.autograd.grad(score, [saved["act"]])
     finally:
         handle.remove()
-    act, grad = saved["act"].detach().float(), saved["grad"].detach().float()
+    act, grad = saved["act"].detach().float(), grad.detach().float()
     weights = grad.mean((2, 3), keepdim=True)
     cam = F.relu((weights * act).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -123,22 +116,13 @@ def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor
 def gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each parameter's gradient of the cross-entropy on one batch (the tutorial's 4.4).
 
-    Gradient hooks on the parameters collect them during one backward pass; the model's own
-    .grad fields are left as they were.
+    Asked of autograd directly, so the model's own .grad fields are left as they were.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         return {}
-    grads: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, p in named:
-        handles.append(p.register_hook(lambda g, name=name: grads.__setitem__(name, g.detach().float().cpu())))
     model.eval()
-    try:
-        with torch.enable_grad():
-            loss = F.cross_entropy(model(x).float(), y.to(x.device))
-            torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: grads[name] for name, _ in named if name in grads}
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x).float(), y.to(x.device))
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    return {name: g.detach().float().cpu() for (name, _), g in zip(named, grads) if g is not None}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ParamsError
+from ..models.summary import device_dtype
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,6 @@ class Layer:
     @property
     def spatial(self) -> bool:
         return self.shape is not None and len(self.shape) == 4 and self.shape[-1] * self.shape[-2] > 0
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.float32
 
 
 def probe(model: nn.Module, input_size: Sequence[int] = (2, 3, 32, 32)) -> list[Layer]:
@@ -61,7 +55,7 @@ def probe(model: nn.Module, input_size: Sequence[int] = (2, 3, 32, 32)) -> list[
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(hook(name)))
-    device, dtype = _device_dtype(model)
+    device, dtype = device_dtype(model)
     was_training = model.training
     try:
         model.eval()
