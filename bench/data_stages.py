@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
+from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project  # noqa: E402
 
 STAGES = [
@@ -82,16 +82,14 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         small = tmp / "cifar-10-python.tar.gz"
-        subprocess.run([sys.executable, str(SHARED / "build_archive.py"), "--test-only", str(small)], check=True,
-                       capture_output=True)
+        build_real_archive(small)
         r10 = run_size("10k", small, None, tmp)
         tut, ours = sum(r10["tutorial"].values()), sum(r10["ours"].values())
         print(f"\nratio tutorial/ours (scripts): {tut / ours:.2f}x faster  [target: ours under {9.7 / 3:.1f}s "
               f"(a third of the tutorial's 9.7s measured in the issue); here tutorial {tut:.2f}s, ours {ours:.2f}s]")
         if args.full:
             big = tmp / "full" / "cifar-10-python.tar.gz"
-            big.parent.mkdir()
-            subprocess.run([sys.executable, str(SHARED / "build_archive.py"), str(big)], check=True, capture_output=True)
+            build_real_archive(big, full=True)
             r60 = run_size("60k", big, ALL, tmp)
             o60 = sum(r60["ours"].values())
             print(f"\n60k/10k: scripts {o60 / ours:.2f}x, dvc repro {r60['repro'] / r10['repro']:.2f}x, "

@@ -24,8 +24,8 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
+from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import Project, make_project  # noqa: E402
 
 ALL = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
@@ -50,8 +50,7 @@ def run_size(label: str, tmp: Path) -> dict:
     work = tmp / label
     work.mkdir()
     archive = work / "cifar-10-python.tar.gz"
-    cmd = [sys.executable, str(SHARED / "build_archive.py"), *(["--test-only"] if label == "10k" else []), str(archive)]
-    subprocess.run(cmd, check=True, capture_output=True)
+    build_real_archive(archive, full=label == "60k")
     params = dict(QUICK, **({"data.batches": ALL} if label == "60k" else {}))
     proj = make_project(work / "proj", archive, params)
     t = time.perf_counter()

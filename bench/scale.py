@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,16 +24,16 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from data_stages import timed  # noqa: E402
+from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project  # noqa: E402
 
 ALL = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
 SIZES = {
-    "10k": {"build": ["--test-only"], "params": {}},
-    "60k": {"build": [], "params": {"data.batches": ALL, "split.mode": "standard"}},
+    "10k": {"full": False, "params": {}},
+    "60k": {"full": True, "params": {"data.batches": ALL, "split.mode": "standard"}},
 }
 #: which images each stage's work grows with (a key of `counts`)
 WORK = {"unpack": "all", "split": "all", "index": "all", "stats": "train", "train": "train+valid",
@@ -50,9 +49,7 @@ def counts(proj) -> dict[str, int]:
 def run_size(label: str, tmp: Path, epochs: int | None) -> dict:
     spec = SIZES[label]
     archive = tmp / label / "cifar-10-python.tar.gz"
-    archive.parent.mkdir(parents=True)
-    subprocess.run([sys.executable, str(SHARED / "build_archive.py"), *spec["build"], str(archive)], check=True,
-                   capture_output=True)
+    build_real_archive(archive, full=spec["full"])
     params = dict(spec["params"])
     if epochs:
         params["train.epochs"] = epochs

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
+from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project, preset  # noqa: E402
 from scale import ALL  # noqa: E402
 from train import train_run  # noqa: E402
@@ -61,8 +60,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         archive = tmp / "cifar-10-python.tar.gz"
-        subprocess.run([sys.executable, str(SHARED / "build_archive.py"), *([] if args.full else ["--test-only"]),
-                        str(archive)], check=True, capture_output=True)
+        build_real_archive(archive, full=args.full)
         data_values = {k: v for k, v in values.items() if k.startswith(("data.", "split."))}
         proj = make_project(tmp / "proj", archive, data_values or None)
         proj.dvc("repro", "stats")

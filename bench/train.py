@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "cifar10"
 sys.path.insert(0, str(ROOT / "tests"))
+from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project, preset, set_params  # noqa: E402
 
 SEEDS = [0, 1, 2]
@@ -37,16 +36,7 @@ TRAIN = ["stages/train.py", "--index", "data/index", "--stats", "data/stats/norm
 def train_run(proj, tag: str, values: dict, evaluate: bool = False) -> dict:
     """Our train stage with these params in a separate params file; returns its history and metrics."""
     params = proj.path / f"params_{tag}.yaml"
-    shutil.copy(proj.path / "params.yaml", params)
-
-    class _P:
-        path = proj.path
-
-    tmp_params = proj.path / "params.yaml"
-    saved = tmp_params.read_text()
-    set_params(_P, values)
-    params.write_text(tmp_params.read_text())
-    tmp_params.write_text(saved)
+    set_params(proj, values, out=params)
     out = proj.path / "runs" / tag
     start = time.perf_counter()
     proj.run(sys.executable, *TRAIN, "--params", str(params), "--models", str(out / "models"),
@@ -116,8 +106,7 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         archive = tmp / "cifar-10-python.tar.gz"
-        subprocess.run([sys.executable, str(SHARED / "build_archive.py"), "--test-only", str(archive)], check=True,
-                       capture_output=True)
+        build_real_archive(archive)
         proj = make_project(tmp / "proj", archive)
         proj.dvc("repro", "stats")
         print("torch threads: all cores; data: 8000 train / 1000 valid / 1000 test (real CIFAR-10 test batch)\n",

@@ -7,7 +7,10 @@ the official files. Keyword arguments corrupt it in the ways the bad-input tests
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import struct
 import tarfile
 import zlib
@@ -17,6 +20,8 @@ import numpy as np
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ROOT = "cifar-10-batches-py"
+#: ../shared/cifar10/build_archive.py: the real CIFAR-10 images packed in the official layout
+REAL_BUILDER = Path(__file__).resolve().parent.parent.parent / "shared" / "cifar10" / "build_archive.py"
 
 
 def make_batch(per_class: int, seed: int = 0, bytes_keys: bool = False, learnable: bool = False) -> dict:
@@ -77,3 +82,25 @@ def png_bomb(path: Path, side: int = 100_000) -> None:
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 97))
                      + chunk(b"IEND", b""))
+
+
+def build_real_archive(dest: Path, full: bool = False) -> Path:
+    """The real archive at `dest`: the 10,000 test images, or all 60,000 with `full`."""
+    if not REAL_BUILDER.is_file():
+        raise FileNotFoundError(f"{REAL_BUILDER} not found (run beside the project's shared/ folder)")
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(REAL_BUILDER), *([] if full else ["--test-only"]), str(dest)],
+                   check=True, capture_output=True)
+    return Path(dest)
+
+
+def real_archive_for_test(dest: Path, full: bool = False) -> Path:
+    """build_real_archive in a test: without ../shared it fails under CI and skips elsewhere."""
+    import pytest
+
+    try:
+        return build_real_archive(dest, full)
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}: CI must have ../shared beside the clone")
+        pytest.skip(f"real-data test: {exc}")

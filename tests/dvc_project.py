@@ -65,8 +65,9 @@ def make_project(dest: Path, archive: Path, params: dict | None = None) -> Proje
     return proj
 
 
-def set_params(proj: Project, values: dict) -> None:
-    """Set dotted keys in the project's params.yaml (a YAML round trip: comments are dropped)."""
+def set_params(proj: Project, values: dict, out: Path | None = None) -> None:
+    """Set dotted keys in the project's params.yaml (a YAML round trip: comments are dropped);
+    with `out`, write the result there and leave params.yaml as it is."""
     import yaml
 
     path = proj.path / "params.yaml"
@@ -80,7 +81,7 @@ def set_params(proj: Project, values: dict) -> None:
             node[int(last)] = value
         else:
             node[last] = value
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    (out or path).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 # A configuration that trains in seconds on a tiny archive, for end-to-end tests.
@@ -151,3 +152,45 @@ def temp_leftovers(root: Path, skip: tuple[str, ...] = (".git", ".dvc")) -> list
     return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
                   if not (set(p.relative_to(root).parts) & set(skip))
                   and (p.name.endswith(".tmp") or p.name.endswith(".old")))
+
+
+def run_stage(proj: Project, stage: str, params: dict | None = None) -> subprocess.CompletedProcess:
+    """The stage's command from dvc.yaml, run directly; `params` (dotted keys) go in a params file
+    beside the project, so params.yaml itself stays as it is."""
+    cmd = stage_cmd(stage)
+    if params:
+        alt = proj.path.parent / f"params-{abs(hash(str(sorted(params.items(), key=str))))}.yaml"
+        set_params(proj, params, out=alt)
+        cmd += ["--params", str(alt)]
+    return subprocess.run(cmd, cwd=proj.path, env=proj.env, capture_output=True, text=True, timeout=300)
+
+
+def assert_fails_cleanly(proj: Project, stage: str, *words: str, params: dict | None = None,
+                         outs: list[str] | None = None) -> str:
+    """Run the stage, expect one `error:` line with `words`, the outputs (default: all the stage
+    declares) unchanged and no temporary files left; return the line."""
+    outs = stage_outs(stage) if outs is None else outs
+    before = snapshot(proj.path, outs)
+    res = run_stage(proj, stage, params)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert res.returncode == 1, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    assert snapshot(proj.path, outs) == before, "the previous outputs changed"
+    assert temp_leftovers(proj.path) == []
+    print(f"{stage}: {lines[0]}")  # the message users see (pytest -s shows them all)
+    return lines[0]
+
+
+#: Outputs that hold clock times by design: present, but not byte-comparable between runs.
+TIMED = ("reports/tensorboard/", "reports/train/timing.json", "reports/train/history.csv")
+
+
+def lock_outs(root: Path, comparable_only: bool = False) -> dict[str, str]:
+    """{output path: md5} from dvc.lock; `comparable_only` leaves out the TIMED ones."""
+    import yaml
+
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])
+            if not (comparable_only and o["path"].startswith(TIMED))}

@@ -18,13 +18,11 @@ import gzip
 import os
 import pickle
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from cifar_factory import ROOT as ARCHIVE_ROOT
@@ -34,58 +32,11 @@ from cifarlab.data.archive import read_archive
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.stats import read_stats
 from cifarlab.errors import DataError
-from dvc_project import stage_cmd, stage_outs, TINY, Project, make_project, snapshot, temp_leftovers
+from dvc_project import TINY, Project, assert_fails_cleanly, make_project, run_stage, temp_leftovers
 
-REPO = Path(__file__).resolve().parent.parent
-DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
 
 
 # ------------------------------------------------------------------ helpers
-
-
-
-
-
-
-
-
-
-
-def params_file(proj: Project, changes: dict) -> Path:
-    raw = yaml.safe_load((proj.path / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    path = proj.path.parent / f"params-{abs(hash(str(sorted(changes.items(), key=str))))}.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
-def run_stage(proj: Project, stage: str, params: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = stage_cmd(stage)
-    if params:
-        cmd += ["--params", str(params_file(proj, params))]
-    return subprocess.run(cmd, cwd=proj.path, env=proj.env, capture_output=True, text=True, timeout=300)
-
-
-def assert_fails_cleanly(proj: Project, stage: str, *words: str, params: dict | None = None,
-                         outs: list[str] | None = None) -> str:
-    """Run the stage, expect one `error:` line with `words`, previous outputs kept, no temp files."""
-    outs = outs or stage_outs(stage)
-    before = snapshot(proj.path, outs)
-    res = run_stage(proj, stage, params)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 1, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
-    assert snapshot(proj.path, outs) == before, "the previous outputs changed"
-    assert temp_leftovers(proj.path) == []
-    print(f"{stage}: {lines[0]}")  # the message users see (pytest -s shows them all)
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

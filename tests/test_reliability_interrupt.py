@@ -38,17 +38,13 @@ import pytest
 import yaml
 
 from cifar_factory import make_archive
-from dvc_project import stage_outs, TINY, Project, make_project, files_of, temp_leftovers
+from dvc_project import TIMED, TINY, Project, dvc_stages, files_of, lock_outs, make_project, stage_outs, temp_leftovers
 
 KEEP = (".git", ".dvc", "checkpoints")  # checkpoints/ is git-ignored state, not an output
 
-REPO = Path(__file__).resolve().parent.parent
-DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
-STAGES = list(DVC_YAML["stages"])
+STAGES = list(dvc_stages())
 BATCHES = ["data_batch_1", "data_batch_2", "test_batch"]
 PARAMS = dict(TINY, **{"data.batches": BATCHES})
-# outputs that hold clock times by design: present, but not byte-comparable between runs
-TIMED = ("reports/tensorboard/", "reports/train/timing.json", "reports/train/history.csv")
 # where to interrupt: a line the stage prints mid-work, else DVC's "> cmd" line plus a delay
 TRIGGERS = {
     "unpack": ("unpack: data_batch_1:", None),  # the PNG tree is being built in its temp sibling
@@ -61,25 +57,8 @@ TRIGGERS = {
 }
 
 
-
-
-
-
 def timed(rel: str) -> bool:
     return rel.startswith(TIMED)
-
-
-def lock_outs(root: Path) -> dict[str, str]:
-    """{output path: md5} from dvc.lock, for the outputs that are byte-comparable."""
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    out = {}
-    for name, stage in lock["stages"].items():
-        for o in stage.get("outs", []):
-            if not timed(o["path"]):
-                out[o["path"]] = o["md5"]
-    return out
-
-
 
 
 def interrupt(proj: Project, args: list[str], trigger: str, delay: float, sig: int,
@@ -223,7 +202,7 @@ def check_every_stage(tmp_path: Path, archive: Path, reference: Project, sig: in
           f"DVC files repaired after the kill: {', '.join(repaired) or 'none'}")
     # the stages that print mid-work are interrupted for sure; the short ones when the delay hits
     assert {"unpack", "train", "visualize"} <= set(interrupted), interrupted
-    assert lock_outs(proj.path) == lock_outs(reference.path)
+    assert lock_outs(proj.path, comparable_only=True) == lock_outs(reference.path, comparable_only=True)
     assert json.loads((proj.path / "reports/train/metrics.json").read_text()) == \
         json.loads((reference.path / "reports/train/metrics.json").read_text())
     assert "Data and pipelines are up to date" in proj.dvc("status").stdout

@@ -3,7 +3,6 @@ too large for the memory is refused by an estimate before it starts (train/memor
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ import torch
 import yaml
 from torch import nn
 
+from cifar_factory import real_archive_for_test
+from dvc_project import stage_cmd
 from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model, create_model
 from cifarlab.params import load_params
@@ -22,7 +23,6 @@ from cifarlab.train.memory import (check_training_memory, cpu_available_bytes, e
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "cifar10"
 GiB = 2**30
 
 
@@ -168,9 +168,7 @@ _WAIT4 = ("import os, subprocess, sys\n"
 
 def _stage(cwd: Path, stage: str, params: Path, env: dict) -> int:
     """Run a stage's command from dvc.yaml; return its peak RSS in bytes (wait4: its pool workers too)."""
-    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text())
-    cmd = shlex.split(dvc_yaml["stages"][stage]["cmd"])
-    cmd = [sys.executable, *cmd[1:], "--params", str(params)]
+    cmd = [*stage_cmd(stage), "--params", str(params)]
     res = subprocess.run([sys.executable, "-c", _WAIT4, *cmd], cwd=cwd, env=env, capture_output=True, text=True)
     code, maxrss = map(int, res.stdout.split())
     assert code == 0, res.stderr
@@ -179,17 +177,13 @@ def _stage(cwd: Path, stage: str, params: Path, env: dict) -> int:
 
 @pytest.mark.slow
 def test_data_stage_memory_stays_flat_from_10k_to_60k_images(tmp_path):
-    builder = SHARED / "build_archive.py"
-    if not builder.is_file():
-        pytest.skip(f"{builder} not found (run beside the project's shared/ folder)")
     peaks = {}
-    for n, flags, batches in ((10_000, ["--test-only"], ["test_batch"]),
-                              (60_000, [], [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])):
+    for n, full, batches in ((10_000, False, ["test_batch"]),
+                             (60_000, True, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])):
         root = tmp_path / str(n)
         shutil_copy(REPO, root)
         env = dict(os.environ, PYTHONPATH=str(root / "src"))
-        archive = root / "data/cifar-10-python.tar.gz"
-        subprocess.run([sys.executable, str(builder), *flags, str(archive)], check=True, capture_output=True)
+        real_archive_for_test(root / "data/cifar-10-python.tar.gz", full)
         raw = yaml.safe_load((REPO / "params.yaml").read_text())
         raw["data"].update(md5=None, batches=batches)
         params = root / "params.yaml"
@@ -212,12 +206,6 @@ def shutil_copy(repo: Path, root: Path) -> None:
 # ------------------------------------------------------------------ wired into training
 
 
-def _fit_source() -> str:
-    return (REPO / "src/cifarlab/train/fit.py").read_text()
-
-
-@pytest.mark.skipif("check_training_memory" not in _fit_source(),
-                    reason="train/fit.py does not call check_training_memory yet (docs/reliability.md)")
 def test_training_too_big_for_the_memory_stops_before_the_first_step(tmp_path, monkeypatch):
     from cifar_factory import CLASSES, make_archive
     from cifarlab.data.index import write_indexes

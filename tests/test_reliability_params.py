@@ -192,14 +192,15 @@ def test_the_out_of_range_table_covers_every_numeric_key():
     assert {dotted(p) for p, _ in NUMERIC} == set(OUT_OF_RANGE)
 
 
-@pytest.mark.parametrize("path, value", NUMERIC, ids=[dotted(p) for p, _ in NUMERIC])
+# keys with an out-of-range value (those without one say why in the table, which a test checks)
+BOUNDED = [(p, v) for p, v in NUMERIC if OUT_OF_RANGE.get(dotted(p)) is not None]
+
+
+@pytest.mark.parametrize("path, value", BOUNDED, ids=[dotted(p) for p, _ in BOUNDED])
 def test_every_numeric_key_refuses_an_out_of_range_value(request, path, value):
     key = dotted(path)
-    case = OUT_OF_RANGE[key]
-    if case is None:
-        pytest.skip("no value of this key is out of range (see OUT_OF_RANGE)")
     known_bug(request, OUT_OF_RANGE_BUGS.get(key))
-    bad, extra = case
+    bad, extra = OUT_OF_RANGE[key]
     err = first_error(changed(path, bad, extra))
     assert err is not None, f"{key}: {bad!r} accepted"
     assert names_key(err, key), f"{key}: the error names {err.key!r}: {err}"

@@ -19,7 +19,6 @@ from dvc_project import TINY, Project, make_project
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REMOTE_DIR = "cifarlab-dvc-remote"
-NOT_PUSHED = {"data/png", "data/split"}  # cache: false by design, rebuilt from the archive
 
 
 def snapshot(root: Path) -> dict[str, str]:
