@@ -89,6 +89,28 @@ def test_fit_writes_everything_and_is_reproducible(tree, tmp_path):
     assert not list((out / "ckpt").glob("*/checkpoint.pt"))
 
 
+def test_tensorboard_run_has_a_histogram_of_every_weight_and_gradient_per_epoch(tree, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cifarlab.models.tutorial import Net
+    from cifarlab.train.tensorboard import HISTOGRAM_BINS
+
+    run(tree, tmp_path, tiny())
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})
+    acc.Reload()
+    sizes = {name: p.numel() for name, p in Net().named_parameters()}
+    wanted = {f"{kind}/{name}" for kind in ("weights", "gradients") for name in sizes}
+    assert set(acc.Tags()["histograms"]) == wanted
+    for tag in wanted:
+        events = acc.Histograms(tag)
+        assert [e.step for e in events] == [1, 2]
+        for e in events:
+            h = e.histogram_value
+            assert h.num == sizes[tag.split("/", 1)[1]]
+            assert 1 <= len(h.bucket) <= HISTOGRAM_BINS + 1 and sum(h.bucket) == h.num
+            assert h.min <= h.max
+
+
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tree, tmp_path):
     params = tiny(**{"optimizer.lr": 1e12, "train.epochs": 3, "scheduler.name": "none"})
     with pytest.raises(NonFiniteLoss, match=r"epoch \d+, step \d+.*lower learning rate"):

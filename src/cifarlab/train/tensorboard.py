@@ -14,6 +14,12 @@ from pathlib import Path
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
+#: Buckets per histogram. SummaryWriter's default ("tensorflow": about 1,500 exponentially
+#: spaced buckets) costs 30 ms an epoch for the tutorial's small Net, 1% of a run at batch 16;
+#: 64 even buckets cost 7 ms and show the same picture: TensorBoard draws about 30 (TF's own
+#: summary API defaults to 30 buckets).
+HISTOGRAM_BINS = 64
+
 
 class TrainLogger:
     def __init__(self, logdir: Path, restore: dict[str, bytes] | None = None, histograms: bool = True):
@@ -42,9 +48,10 @@ class TrainLogger:
         w.add_scalar("speed/images_per_second", row["images_per_second"], e)
         if self.histograms:
             for name, p in model.named_parameters():
-                w.add_histogram(f"weights/{name}", p.detach().float().cpu(), e)
+                w.add_histogram(f"weights/{name}", p.detach().float().cpu(), e, bins=HISTOGRAM_BINS)
                 if p.grad is not None:
-                    w.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), e)
+                    w.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), e,
+                                    bins=HISTOGRAM_BINS)
         w.flush()
 
     def snapshot(self) -> dict[str, bytes]:

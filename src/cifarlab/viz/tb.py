@@ -16,6 +16,8 @@ import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
+from ..train.tensorboard import HISTOGRAM_BINS
+
 
 def _md(text: str) -> str:
     """Text plugin renders markdown; a code block keeps tables and YAML aligned."""
@@ -79,7 +81,7 @@ class VisualizeLogger:
 
     def histograms(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
         for name, t in tensors.items():
-            self.writer.add_histogram(f"{prefix}/{name}", t.detach().float().cpu(), self.step)
+            self.writer.add_histogram(f"{prefix}/{name}", t.detach().float().cpu(), self.step, bins=HISTOGRAM_BINS)
 
     def close(self) -> None:
         self.writer.flush()
