@@ -301,3 +301,73 @@ def test_wrong_input_is_refused():
         a(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ValueError, match="32"):
         a(torch.zeros(2, 3, 28, 28, dtype=torch.uint8))
+
+
+# --- bind: the same batches from a set of images, by the window route where it applies ----
+
+ROUTED = [
+    [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],  # the tutorial's
+    DEFAULT,
+    [{"RandomCrop": {"size": 28, "padding": [1, 2, 3, 5], "fill": [10, 20, 30]}},
+     {"RandomHorizontalFlip": {"p": 0.5}}, {"RandomHorizontalFlip": {"p": 0.3}}],
+    [{"RandomCrop": {"size": 36, "pad_if_needed": True, "fill": 255}}, {"ToTensor": {}}],
+    [{"Pad": {"padding": 2, "fill": 7}}, {"RandomHorizontalFlip": {"p": 1.0}}],
+    [{"CenterCrop": {"size": 24}}, {"Normalize": {}}],
+    [{"CenterCrop": {"size": 35}}],
+    [{"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}, {"RandomErasing": {"p": 0.7}}],
+    [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomErasing": {"p": 1.0, "value": "random"}},
+     {"Normalize": {}}],
+]
+GENERAL = [
+    [{"Normalize": {}}],  # no geometry: nothing to precompute
+    [{"RandomCrop": {"size": 32, "padding": 4, "padding_mode": "reflect"}}],
+    [{"RandomHorizontalFlip": {"p": 0.5}}, {"RandomCrop": {"size": 32, "padding": 4}}],
+    [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomVerticalFlip": {"p": 0.5}}],
+    [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1]}}],
+    [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}, {"RandomHorizontalFlip": {"p": 0.5}}],
+]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("entries", ROUTED + GENERAL, ids=lambda e: "-".join(next(iter(d)) for d in e))
+def test_bind_takes_exactly_what_indexing_then_augmenting_gives(entries, channels_last):
+    from cifarlab.data.batch_augment import _WindowTaker
+
+    images = batch(40, seed=1)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    a = aug(entries)
+    take = a.bind(images)
+    assert isinstance(take, _WindowTaker) == (entries in ROUTED)
+    for seed, idx in enumerate([torch.tensor([3, 3, 0, 39, 17]), torch.randperm(40, generator=gen(9))]):
+        expected = a(images[idx], gen(seed))
+        got = take(idx, gen(seed))
+        assert got.shape == expected.shape and got.stride() == expected.stride()
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)  # bit for bit, same random draws
+
+
+def test_bind_route_crops_and_mirrors_what_torchvision_would():
+    """Independently of the general path: the routed batch is a crop of the padded image,
+    mirrored where the coin said so."""
+    images = batch(12, seed=2)
+    a = aug([{"RandomCrop": {"size": 32, "padding": 4, "fill": 9}}, {"RandomHorizontalFlip": {"p": 0.5}}])
+    out = a.bind(images)(torch.arange(12), gen(5))
+    padded = F.pad(images, [4], fill=9)
+    mirrored = 0
+    for k in range(12):
+        crops = [padded[k, :, t:t + 32, l:l + 32] for t in range(9) for l in range(9)]
+        got = (out[k] * 255).round().to(torch.uint8)
+        plain = any(torch.equal(got, c) for c in crops)
+        flipped = any(torch.equal(got, c.flip(-1)) for c in crops)
+        assert plain or flipped
+        mirrored += flipped and not plain
+    assert 0 < mirrored < 12
+
+
+def test_random_says_whether_a_list_draws():
+    assert not aug([{"Normalize": {}}]).random
+    assert not aug([{"CenterCrop": {"size": 24}}, {"ToTensor": {}}, {"Normalize": {}}]).random
+    assert not aug([{"Pad": {"padding": 2}}]).random
+    for entries in ([{"RandomCrop": {"size": 32, "padding": 4}}], [{"RandomHorizontalFlip": {"p": 0.5}}],
+                    [{"RandomErasing": {"p": 0.5}}], [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1]}}]):
+        assert aug(entries).random, entries

@@ -282,6 +282,30 @@ def test_tensor_source_hands_out_channels_last_batches_when_asked():
         torch.testing.assert_close(xc, x, rtol=0, atol=0)  # the same numbers, another layout
 
 
+def test_tensor_source_keeps_the_batches_only_when_every_epoch_gives_the_same():
+    from cifarlab.data.batch_augment import plan
+    from cifarlab.train.loop import TensorSource
+
+    stats = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(20)
+    fixed = plan([{"Normalize": {}}], stats, "augment.eval", image_size=(8, 8))
+    random = plan([{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}], stats, "augment.train",
+                  image_size=(8, 8))
+    kept = TensorSource(images, labels, fixed, 6, seed=0, shuffle=False, keep=True)
+    first, second = list(kept.batches(0)), list(kept.batches(1))
+    assert all(a is c and b is d for (a, b), (c, d) in zip(first, second))  # made once
+    plain = TensorSource(images, labels, fixed, 6, seed=0, shuffle=False)
+    for (x, y), (xk, yk) in zip(plain.batches(0), first):
+        torch.testing.assert_close(xk, x, rtol=0, atol=0)
+        assert torch.equal(yk, y)
+    # a random list or a shuffled order is made afresh every epoch, keep or not
+    for src in (TensorSource(images, labels, random, 6, seed=0, shuffle=False, keep=True),
+                TensorSource(images, labels, fixed, 6, seed=0, shuffle=True, keep=True)):
+        a, b = torch.cat([x for x, _ in src.batches(0)]), torch.cat([x for x, _ in src.batches(1)])
+        assert not torch.equal(a, b)
+
+
 class _Fixed(torch.nn.Module):
     """Logits read from a table by the sample's id (pixel value), so the epoch's sums are known."""
 

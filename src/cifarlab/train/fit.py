@@ -152,7 +152,8 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         log("train: LBFGS needs contiguous weights; channels_last is off for this run")
     from .memory import check_training_memory  # a run too big for the memory stops here, not in epoch 1
 
-    on_device = train_x.nbytes + valid_x.nbytes if runtime.device.type != "cpu" else 0
+    # the fast path's padded (and mirrored) training images, and the kept validation batches in float
+    on_device = 4 * train_x.nbytes + 5 * valid_x.nbytes if runtime.device.type != "cpu" else 0
     check_training_memory(model, min(tp.batch_size, -(-len(train_y) // dist.world)), params.optimizer.name,
                           runtime.device, amp_dtype=runtime.amp_dtype, extra_bytes=on_device,
                           processes=dist.world if runtime.device.type == "cpu" else 1)
@@ -163,7 +164,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
                             paths.train_index, stats, runtime, batch_size, params.seed, True, tp.num_workers, dist, log)
     valid_src = make_source(params.augment.eval, "augment.eval", params.augment.backend, valid_x, valid_y,
                             paths.valid_index, stats, runtime, max(batch_size, 256), params.seed, False,
-                            tp.num_workers, Dist(), log)
+                            tp.num_workers, Dist(), log, keep=True)
     from ..data.transforms import is_multicrop
 
     ncrops = is_multicrop(params.augment.eval)

@@ -74,12 +74,28 @@ class TensorSource:
     world: int = 1
     chunk: int = AUGMENT_CHUNK
     channels_last: bool = False  # convert each chunk once, not each batch
+    #: keep the batches when every epoch's are the same (unshuffled, no random op): validation
+    #: then costs its forward passes only, about a third less at the tutorial's Net
+    keep: bool = False
+    _kept: Optional[list] = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        # a BatchAugment precomputes what it can for these images (see BatchAugment.bind)
+        bind = getattr(self.augment, "bind", None)
+        self.take = bind(self.images) if bind is not None else (lambda idx, g: self.augment(self.images[idx], g))
 
     def __len__(self) -> int:
         n = math.ceil(len(self.labels) / self.world) if self.shuffle else len(self.labels)
         return math.ceil(n / self.batch_size)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.keep and not self.shuffle and not getattr(self.augment, "random", True):
+            if self._kept is None:
+                self._kept = list(self._make(epoch))
+            return iter(self._kept)
+        return self._make(epoch)
+
+    def _make(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         if self.shuffle:
             order = epoch_permutation(n, self.seed, epoch, self.rank, self.world).to(self.images.device)
@@ -89,7 +105,7 @@ class TensorSource:
         # a whole number of batches per chunk, so batch boundaries do not depend on the chunk
         per_chunk = self.batch_size * max(1, self.chunk // self.batch_size)
         for idx in order.split(per_chunk):
-            xs, ys = self.augment(self.images[idx], g), self.labels[idx]
+            xs, ys = self.take(idx, g), self.labels[idx]
             if self.channels_last and xs.dim() == 4:
                 xs = xs.contiguous(memory_format=torch.channels_last)
             yield from zip(xs.split(self.batch_size), ys.split(self.batch_size))

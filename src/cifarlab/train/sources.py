@@ -31,8 +31,9 @@ class MemoryDataset(torch.utils.data.Dataset):
 
 
 def make_source(entries: list, key: str, backend: str, images, labels, index: Path, stats: dict, runtime: Runtime,
-                batch_size: int, seed: int, shuffle: bool, num_workers: int, dist: Dist, log):
-    """A batch source for `entries` (augment.train or augment.eval) over these images."""
+                batch_size: int, seed: int, shuffle: bool, num_workers: int, dist: Dist, log, keep: bool = False):
+    """A batch source for `entries` (augment.train or augment.eval) over these images; `keep`:
+    hold on to the batches of a source that gives the same ones every epoch (validation)."""
     from ..data.batch_augment import plan, uncovered
     from ..data.transforms import build_transform
 
@@ -43,7 +44,7 @@ def make_source(entries: list, key: str, backend: str, images, labels, index: Pa
         if fast is not None:
             fast = fast.to(runtime.device)
             return TensorSource(runtime.to_device(images), runtime.to_device(labels), fast,
-                                channels_last=runtime.channels_last, **common)
+                                channels_last=runtime.channels_last, keep=keep, **common)
         log(f"{key}: {', '.join(uncovered(entries))} not covered by the batch path; "
             f"using per-sample torchvision transforms on the decoded images")
         dataset = MemoryDataset(images, labels, build_transform(entries, key, stats))
