@@ -65,6 +65,22 @@ def make_project(dest: Path, archive: Path, params: dict | None = None) -> Proje
     return proj
 
 
+def set_dotted(raw, dotted: str, value, create: bool = True) -> None:
+    """Set `a.b.0.c` in nested dicts and lists (as `dvc exp run -S` addresses params);
+    create=False: every parent must already exist (KeyError otherwise)."""
+    node = raw
+    *parents, last = dotted.split(".")
+    for p in parents:
+        if isinstance(node, list):
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, {}) if create else node[p]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
 def set_params(proj: Project, values: dict, out: Path | None = None) -> None:
     """Set dotted keys in the project's params.yaml (a YAML round trip: comments are dropped);
     with `out`, write the result there and leave params.yaml as it is."""
@@ -73,14 +89,7 @@ def set_params(proj: Project, values: dict, out: Path | None = None) -> None:
     path = proj.path / "params.yaml"
     raw = yaml.safe_load(path.read_text())
     for dotted, value in values.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        set_dotted(raw, dotted, value)
     (out or path).write_text(yaml.safe_dump(raw, sort_keys=False))
 
 

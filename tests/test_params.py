@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dvc_project import set_dotted
 from cifarlab.errors import ParamsError
 from cifarlab.params import load_params, parse_params
 
@@ -14,11 +15,7 @@ RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 def with_change(path: str, value):
     raw = copy.deepcopy(RAW)
-    *parents, last = path.split(".")
-    node = raw
-    for p in parents:
-        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-    node[last] = value
+    set_dotted(raw, path, value)
     return raw
 
 
@@ -84,9 +81,5 @@ def test_presets_apply_to_the_project_params_and_pass_every_check(name):
 
     raw = copy.deepcopy(RAW)
     for dotted, value in preset(name).items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node[p]  # KeyError: the preset names a section params.yaml does not have
-        node[last] = value
+        set_dotted(raw, dotted, value, create=False)  # KeyError: a section params.yaml does not have
     check_all(parse_params(raw))

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from dvc_project import set_dotted
 from cifarlab.errors import ParamsError
 from cifarlab.params import parse_params
 from cifarlab.train.fit import check_all
@@ -76,11 +77,7 @@ def changed(path, value, extra: dict | None = None) -> dict:
         node = node[p]
     node[path[-1]] = value
     for key, v in (extra or {}).items():
-        node = raw
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = v
+        set_dotted(raw, key, v, create=False)
     return raw
 
 

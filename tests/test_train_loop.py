@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cifar_factory import CLASSES, make_archive, png_bomb
+from dvc_project import set_dotted
 from cifarlab.data.index import write_indexes
 from cifarlab.data.split import split
 from cifarlab.data.stats import write_stats
@@ -49,11 +50,7 @@ def tiny(**over):
            "augment": {"train": [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],
                        "eval": [{"Normalize": {}}]}}
     for dotted, value in over.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
+        set_dotted(raw, dotted, value)
     return parse_params(raw)
 
 
