@@ -17,7 +17,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     params = load_params(args.params)
 
-    from cifarlab.evaluate_stage import run_evaluation
+    from cifarlab.pipeline.evaluate import run_evaluation
 
     run_evaluation(Path(args.model), Path(args.index), Path(args.out), params)
 

@@ -1,8 +1,7 @@
 """Stage index: data/index/{train,valid,test}.txt, one `path label` line per image."""
 import _path  # noqa: F401
 
-from cifarlab.data.index import write_indexes
-from cifarlab.data.layout import read_meta
+from cifarlab.pipeline import index
 from cifarlab.stage import parser, stage
 
 
@@ -13,7 +12,7 @@ def main(argv=None):
     p.add_argument("--meta", required=True)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    write_indexes(args.split, read_meta(args.meta)["classes"], args.out)
+    index.run(args.split, args.meta, args.out)
 
 
 if __name__ == "__main__":

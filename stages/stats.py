@@ -1,7 +1,7 @@
 """Stage stats: per-channel RGB mean and std over every training image, for Normalize."""
 import _path  # noqa: F401
 
-from cifarlab.data.stats import write_stats
+from cifarlab.pipeline.stats import write_stats
 from cifarlab.stage import parser, stage
 
 

@@ -23,16 +23,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     params = load_params(args.params)  # fail on a bad param before importing torch
 
-    from cifarlab.train.distributed import relaunch_under_torchrun, run_fit
+    from cifarlab.pipeline.train import Paths, run
 
-    if relaunch_under_torchrun(params.train.nproc, __file__, sys.argv[1:] if argv is None else argv):
-        return
-    from cifarlab.train.fit import Paths
-
-    run_fit(params, Paths(train_index=Path(args.index) / "train.txt", valid_index=Path(args.index) / "valid.txt",
-                          stats=Path(args.stats), meta=Path(args.meta), models=Path(args.models),
-                          reports=Path(args.reports), tensorboard=Path(args.tensorboard),
-                          checkpoints=Path(args.checkpoints)))
+    index = Path(args.index)
+    run(params, Paths(train_index=index / "train.txt", valid_index=index / "valid.txt", stats=Path(args.stats),
+                      meta=Path(args.meta), models=Path(args.models), reports=Path(args.reports),
+                      tensorboard=Path(args.tensorboard), checkpoints=Path(args.checkpoints)),
+        script=__file__, argv=sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

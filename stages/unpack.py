@@ -1,7 +1,7 @@
 """Stage unpack: the archive's batches (data.batches) as PNG files, one folder per class."""
 import _path  # noqa: F401
 
-from cifarlab.data.unpack import unpack
+from cifarlab.pipeline.unpack import unpack
 from cifarlab.params import load_params
 from cifarlab.stage import parser, stage
 

@@ -23,7 +23,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     params = load_params(args.params)
 
-    from cifarlab.visualize_stage import VizPaths, run_visualize
+    from cifarlab.pipeline.visualize import VizPaths, run_visualize
 
     index, train, evals = Path(args.index), Path(args.train_reports), Path(args.eval_reports)
     run_visualize(params, VizPaths(

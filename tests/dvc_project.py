@@ -44,10 +44,11 @@ class Project:
         return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")]
 
 
-def make_project(dest: Path, archive: Path, params: dict | None = None) -> Project:
+def make_project(dest: Path, archive: Path, params: dict | None = None, source: Path = ROOT) -> Project:
+    """A temp git repo holding `source`'s pipeline (this checkout, or another revision's tree)."""
     dest.mkdir(parents=True, exist_ok=True)
     for rel in COPY:
-        src = ROOT / rel
+        src = source / rel
         if not src.exists():
             continue
         target = dest / rel

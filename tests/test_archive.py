@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cifar_factory import CLASSES, ROOT, batch_arrays, make_archive
-from cifarlab.data.archive import read_archive, safe_unpickle
+from cifarlab.archive.reader import read_archive, safe_unpickle
 from cifarlab.errors import DataError
 
 

@@ -9,8 +9,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from cifarlab.data.batch_augment import BatchAugment, plan, uncovered
-from cifarlab.data.transforms import build_transform
+from cifarlab.augment.batch import BatchAugment, plan, uncovered
+from cifarlab.augment.transforms import build_transform
 from cifarlab.errors import ParamsError
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
@@ -331,7 +331,7 @@ GENERAL = [
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("entries", ROUTED + GENERAL, ids=lambda e: "-".join(next(iter(d)) for d in e))
 def test_bind_takes_exactly_what_indexing_then_augmenting_gives(entries, channels_last):
-    from cifarlab.data.batch_augment import _WindowTaker
+    from cifarlab.augment.batch import _WindowTaker
 
     images = batch(40, seed=1)
     if channels_last:

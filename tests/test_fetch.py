@@ -6,7 +6,7 @@ import pytest
 
 from cifar_factory import make_archive
 from cifarlab.cli import main
-from cifarlab.data.fetch import get_archive, set_params_md5
+from cifarlab.archive.fetch import get_archive, set_params_md5
 from cifarlab.errors import DataError
 
 

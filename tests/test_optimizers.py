@@ -7,15 +7,7 @@ from torch import nn
 
 from cifarlab.errors import ParamsError
 from cifarlab.params import OptimizerParams
-from cifarlab.train.optimizers import (
-    REFUSED,
-    build_optimizer,
-    check_optimizer,
-    needs_closure,
-    optimizer_classes,
-    param_groups,
-    supported_optimizers,
-)
+from cifarlab.optim.optimizers import REFUSED, build_optimizer, check_optimizer, needs_closure, optimizer_classes, param_groups, supported_optimizers
 
 TUTORIAL = ["SGD", "ASGD", "Rprop", "Adagrad", "Adadelta", "RMSprop", "Adam", "Adamax", "LBFGS"]
 

@@ -77,7 +77,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_presets_apply_to_the_project_params_and_pass_every_check(name):
     """A preset is a list of `-S` overrides: each key must exist and the result must train."""
     from dvc_project import preset
-    from cifarlab.train.fit import check_all
+    from cifarlab.pipeline.train import check_all
 
     raw = copy.deepcopy(RAW)
     for dotted, value in preset(name).items():

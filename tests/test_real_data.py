@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarlab.data.archive import read_archive
+from cifarlab.archive.reader import read_archive
 from conftest import TEST_ONLY_MD5
 from dvc_project import make_project
 

@@ -27,10 +27,10 @@ from PIL import Image
 
 from cifar_factory import ROOT as ARCHIVE_ROOT
 from cifar_factory import make_archive, make_batch, png_bomb
-from cifarlab.data import archive as archive_mod
-from cifarlab.data.archive import read_archive
+from cifarlab.archive import reader as archive_mod
+from cifarlab.archive.reader import read_archive
 from cifarlab.data.images import load_rgb32
-from cifarlab.data.stats import read_stats
+from cifarlab.data.layout import read_stats
 from cifarlab.errors import DataError
 from dvc_project import TINY, Project, assert_fails_cleanly, make_project, run_stage, temp_leftovers
 

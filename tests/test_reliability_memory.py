@@ -1,5 +1,5 @@
 """Resource limits: the data stages' memory stays flat as the data grows, and a training run
-too large for the memory is refused by an estimate before it starts (train/memory.py)."""
+too large for the memory is refused by an estimate before it starts (engine/memory.py)."""
 from __future__ import annotations
 
 import os
@@ -17,9 +17,8 @@ from dvc_project import stage_cmd
 from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model, create_model
 from cifarlab.params import load_params
-from cifarlab.train import memory
-from cifarlab.train.memory import (check_training_memory, cpu_available_bytes, estimate,
-                                   estimate_training_bytes)
+from cifarlab.engine import memory
+from cifarlab.engine.memory import check_training_memory, cpu_available_bytes, estimate, estimate_training_bytes
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -208,12 +207,12 @@ def shutil_copy(repo: Path, root: Path) -> None:
 
 def test_training_too_big_for_the_memory_stops_before_the_first_step(tmp_path, monkeypatch):
     from cifar_factory import CLASSES, make_archive
-    from cifarlab.data.index import write_indexes
-    from cifarlab.data.split import split
-    from cifarlab.data.stats import write_stats
-    from cifarlab.data.unpack import unpack
+    from cifarlab.pipeline.index import write_indexes
+    from cifarlab.pipeline.split import split
+    from cifarlab.pipeline.stats import write_stats
+    from cifarlab.pipeline.unpack import unpack
     from cifarlab.params import parse_params
-    from cifarlab.train.fit import Paths, fit
+    from cifarlab.pipeline.train import Paths, fit
 
     quiet = lambda *_: None  # noqa: E731
     monkeypatch.chdir(tmp_path)

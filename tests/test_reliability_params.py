@@ -1,6 +1,6 @@
 """Every key of params.yaml, walked: a wrong type, an out-of-range value, a typo or an unknown
 name is one ParamsError naming the key, from the schema (`parse_params`) or, for component
-names and arguments, from `cifarlab.train.fit.check_all`; never silently accepted.
+names and arguments, from `cifarlab.pipeline.train.check_all`; never silently accepted.
 
 The keys are read from the shipped params.yaml, so a key added later is walked too, and the
 out-of-range table must say something about every numeric key (a test checks it does).
@@ -21,7 +21,7 @@ import yaml
 from dvc_project import set_dotted
 from cifarlab.errors import ParamsError
 from cifarlab.params import parse_params
-from cifarlab.train.fit import check_all
+from cifarlab.pipeline.train import check_all
 
 torch.set_num_threads(1)
 

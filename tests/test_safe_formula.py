@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from cifarlab.errors import ParamsError
-from cifarlab.train import safe_formula
-from cifarlab.train.safe_formula import MAX_LENGTH, parse_formula
+from cifarlab.optim import safe_formula
+from cifarlab.optim.safe_formula import MAX_LENGTH, parse_formula
 
 KEY = "scheduler.LambdaLR.lr_lambda"
 

@@ -7,14 +7,8 @@ from torch import nn
 
 from cifarlab.errors import ParamsError
 from cifarlab.params import OptimizerParams, SchedulerParams
-from cifarlab.train.optimizers import build_optimizer
-from cifarlab.train.schedulers import (
-    MONITORS,
-    build_scheduler,
-    check_scheduler,
-    scheduler_classes,
-    supported_schedulers,
-)
+from cifarlab.optim.optimizers import build_optimizer
+from cifarlab.optim.schedulers import MONITORS, build_scheduler, check_scheduler, scheduler_classes, supported_schedulers
 
 TUTORIAL = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
 WARMUP = {

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from cifarlab.models.registry import build_model
-from cifarlab.train.tensorboard import TrainLogger
-from cifarlab.visualize_stage import run_visualize
+from cifarlab.engine.tensorboard import TrainLogger
+from cifarlab.pipeline.visualize import run_visualize
 from test_viz_stage import CLASSES, make_workspace, params_with
 
 torch.set_num_threads(1)

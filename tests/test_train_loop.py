@@ -8,16 +8,16 @@ import torch
 
 from cifar_factory import CLASSES, make_archive, png_bomb
 from dvc_project import set_dotted
-from cifarlab.data.index import write_indexes
-from cifarlab.data.split import split
-from cifarlab.data.stats import write_stats
-from cifarlab.data.unpack import unpack
+from cifarlab.pipeline.index import write_indexes
+from cifarlab.pipeline.split import split
+from cifarlab.pipeline.stats import write_stats
+from cifarlab.pipeline.unpack import unpack
 from cifarlab.errors import DataError
-from cifarlab.evaluation import classification_report
+from cifarlab.pipeline.evaluate import classification_report
 from cifarlab.params import parse_params
-from cifarlab.train.checkpoint import CheckpointDir, fingerprint
-from cifarlab.train.fit import Paths, fit
-from cifarlab.train.loop import NonFiniteLoss, epoch_permutation
+from cifarlab.engine.checkpoint import CheckpointDir, fingerprint
+from cifarlab.pipeline.train import Paths, fit
+from cifarlab.engine.loop import NonFiniteLoss, epoch_permutation
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,7 @@ def test_tensorboard_run_has_a_histogram_of_every_weight_and_gradient_per_epoch(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from cifarlab.models.tutorial import Net
-    from cifarlab.train.tensorboard import HISTOGRAM_BINS
+    from cifarlab.engine.tensorboard import HISTOGRAM_BINS
 
     run(tree, tmp_path, tiny())
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})
@@ -242,14 +242,14 @@ def test_model_file_is_loaded_safely(tmp_path):
 
 
 def _runtime(channels_last=False):
-    from cifarlab.train.device import Runtime
+    from cifarlab.engine.device import Runtime
 
     return Runtime(torch.device("cpu"), None, channels_last)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 16, 1024])
 def test_tensor_source_chunks_keep_batch_boundaries_and_cover_every_image(chunk):
-    from cifarlab.train.loop import TensorSource
+    from cifarlab.engine.loop import TensorSource
 
     n, bs = 53, 8
     images = torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
@@ -265,8 +265,8 @@ def test_tensor_source_chunks_keep_batch_boundaries_and_cover_every_image(chunk)
 
 
 def test_tensor_source_hands_out_channels_last_batches_when_asked():
-    from cifarlab.data.batch_augment import plan
-    from cifarlab.train.loop import TensorSource
+    from cifarlab.augment.batch import plan
+    from cifarlab.engine.loop import TensorSource
 
     aug = plan([{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}],
                {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}, "augment.train", image_size=(8, 8))
@@ -280,8 +280,8 @@ def test_tensor_source_hands_out_channels_last_batches_when_asked():
 
 
 def test_tensor_source_keeps_the_batches_only_when_every_epoch_gives_the_same():
-    from cifarlab.data.batch_augment import plan
-    from cifarlab.train.loop import TensorSource
+    from cifarlab.augment.batch import plan
+    from cifarlab.engine.loop import TensorSource
 
     stats = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
@@ -316,8 +316,8 @@ class _Fixed(torch.nn.Module):
 
 
 def test_train_one_epoch_reports_the_exact_mean_loss_and_accuracy():
-    from cifarlab.train.loop import TensorSource, train_one_epoch
-    from cifarlab.train.schedulers import Scheduler
+    from cifarlab.engine.loop import TensorSource, train_one_epoch
+    from cifarlab.optim.schedulers import Scheduler
 
     n = 21
     g = torch.Generator().manual_seed(0)
@@ -337,8 +337,8 @@ def test_train_one_epoch_reports_the_exact_mean_loss_and_accuracy():
 
 
 def test_train_one_epoch_names_the_first_non_finite_step():
-    from cifarlab.train.loop import TensorSource, train_one_epoch
-    from cifarlab.train.schedulers import Scheduler
+    from cifarlab.engine.loop import TensorSource, train_one_epoch
+    from cifarlab.optim.schedulers import Scheduler
 
     n = 30
     table = torch.zeros(n, 3)

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from cifar_factory import make_archive
-from cifarlab.visualize_stage import PICTURES
+from cifarlab.pipeline.visualize import PICTURES
 from dvc_project import make_project
 
 ALL = ["unpack", "split", "index", "stats", "train", "evaluate", "visualize"]

@@ -13,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarlab.errors import CifarlabError
-from cifarlab.viz.gather import gather
+from cifarlab.gather import gather
 from dvc_project import Project
 
 WRITER = '''

@@ -20,10 +20,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cifarlab.artifact import save_model
 from cifarlab.errors import ParamsError
-from cifarlab.evaluation import classification_report
+from cifarlab.pipeline.evaluate import classification_report
 from cifarlab.models.registry import build_model
 from cifarlab.params import parse_params
-from cifarlab.visualize_stage import PICTURES, VizPaths, run_visualize
+from cifarlab.pipeline.visualize import PICTURES, VizPaths, run_visualize
 from cifarlab.viz.inputs import denormalize, normalize_entries, train_grid_images
 from cifarlab.viz.predictions import choose
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .errors import CifarlabError
+from cifarlab.atomic import atomic_path
+from cifarlab.errors import CifarlabError
 
 
 def save_model(path: str | Path, model: torch.nn.Module, *, name: str, kwargs: dict, classes: list[str],
@@ -29,8 +29,8 @@ def save_model(path: str | Path, model: torch.nn.Module, *, name: str, kwargs: d
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved model in eval mode; return (model, the rest of the file)."""
-    from .models.finetune import safe_torch_load, load_error
-    from .models.registry import build_model
+    from cifarlab.models.finetune import safe_torch_load, load_error
+    from cifarlab.models.registry import build_model
 
     path = Path(path)
     if not path.is_file():

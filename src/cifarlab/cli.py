@@ -9,12 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import CifarlabError
+from cifarlab.errors import CifarlabError
 
 
 def _get_archive(args) -> None:
-    from .data.fetch import get_archive, set_params_md5
-    from .params import load_params
+    from cifarlab.archive.fetch import get_archive, set_params_md5
+    from cifarlab.params import load_params
 
     params = load_params(args.params)
     md5 = params.data.md5
@@ -31,14 +31,14 @@ def _get_archive(args) -> None:
 
 
 def _predict(args) -> None:
-    from .predict import predict_files
+    from cifarlab.predict import predict_files
 
     for path, top in predict_files(args.model, args.images, args.top_k, args.device):
         print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top))
 
 
 def _tensorboard_gather(args) -> None:
-    from .viz.gather import gather, remove_stale
+    from cifarlab.gather import gather, remove_stale
 
     done = gather(args.out, args.experiments or None, repo=args.repo)
     if args.clean:

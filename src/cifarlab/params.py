@@ -24,7 +24,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ParamsError
+from cifarlab.errors import ParamsError
 
 DEFAULT_PARAMS = "params.yaml"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .artifact import load_model
-from .errors import CifarlabError
+from cifarlab.artifact import load_model
+from cifarlab.errors import CifarlabError
 
 
 def _open_any(path: Path) -> Image.Image:
@@ -34,7 +34,7 @@ def predict_files(model_path: str | Path, files: list[str | Path], top_k: int = 
                   ) -> list[tuple[str, list[tuple[str, float]]]]:
     from torchvision.transforms import v2
 
-    from .data.transforms import build_transform, is_multicrop
+    from cifarlab.augment.transforms import build_transform, is_multicrop
 
     model, meta = load_model(model_path, device)
     classes = meta["classes"]

@@ -11,7 +11,7 @@ import functools
 import sys
 import time
 
-from .errors import CifarlabError
+from cifarlab.errors import CifarlabError
 
 
 def stage(func):

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .images import load_index_images, load_rgb32
-from .index import read_index
+from cifarlab.data.images import load_index_images, load_rgb32
+from cifarlab.data.index import read_index
 
 
 class IndexDataset(Dataset):

@@ -2,7 +2,8 @@
 
 Image i of test_batch is ``<class>_<i>.png`` (the tutorial's names); image i of data_batch_k
 is ``<class>_<10000*k + i>.png``, so names stay unique across batches and never change when
-a batch is added. ``meta.json`` (written by unpack) holds the class names and batch ranges.
+a batch is added. ``meta.json`` (written by unpack) holds the class names and batch ranges;
+``normalize.json`` (written by stats) the mean and std that Normalize uses.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import DataError
+from cifarlab.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 BATCH_SIZE = 10000
@@ -50,7 +51,7 @@ def write_manifest(tree: str | Path, entries: dict[str, str]) -> None:
     holds every file's content hash, so nothing changes in the tree without it changing,
     and DVC hashes a 10,000-file tree once (as an output) instead of once per dependant.
     """
-    from ..atomic import write_text
+    from cifarlab.atomic import write_text
 
     write_text(manifest_path(tree), "".join(f"{md5}  {rel}\n" for rel, md5 in sorted(entries.items())))
 
@@ -79,3 +80,18 @@ def read_meta(path: str | Path) -> dict:
         raise DataError(f"{path}: missing; run the unpack stage (dvc repro unpack)") from None
     except (ValueError, KeyError, AssertionError, TypeError):
         raise DataError(f"{path}: not the class and batch file the unpack stage writes") from None
+
+
+def read_stats(path: str | Path) -> dict:
+    """normalize.json as the stats stage wrote it, or a DataError naming the file."""
+    path = Path(path)
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run the stats stage (dvc repro stats)") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not the JSON the stats stage writes ({exc}); "
+                        "rerun it (dvc repro stats --force)") from None
+    if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
+        raise DataError(f"{path}: no 'mean' and 'std'; rerun the stats stage (dvc repro stats --force)")
+    return stats

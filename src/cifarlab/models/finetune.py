@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CifarlabError, ParamsError
+from cifarlab.errors import CifarlabError, ParamsError
 
 #: Prefixes that wrappers add to every name: DistributedDataParallel and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
 
 #: The torch.nn.init methods offered, with the weight ranks each can fill (min, max).
 METHODS: dict[str, tuple[int, Optional[int]]] = {

@@ -23,10 +23,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from . import cifar, torchvision_adapt, tutorial
-from .finetune import freeze, load_pretrained
-from .init import apply_init, check_init
+from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.models import cifar, torchvision_adapt, tutorial
+from cifarlab.models.finetune import freeze, load_pretrained
+from cifarlab.models.init import apply_init, check_init
 
 DEFAULT_MODEL = "cifarlab.resnet8"
 

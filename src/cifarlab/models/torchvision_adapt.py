@@ -33,7 +33,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
 
 SIZE = 32
 

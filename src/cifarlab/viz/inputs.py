@@ -16,10 +16,10 @@ from typing import Callable, Optional
 
 import torch
 
-from ..data.batch_augment import plan
-from ..data.images import load_rgb32
-from ..data.index import read_index
-from ..data.transforms import build_transform, is_multicrop, normalize_args, parse_entry
+from cifarlab.augment.batch import plan
+from cifarlab.data.images import load_rgb32
+from cifarlab.data.index import read_index
+from cifarlab.augment.transforms import build_transform, is_multicrop, normalize_args, parse_entry
 
 Pipeline = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ParamsError
-from ..models.summary import device_dtype
+from cifarlab.errors import ParamsError
+from cifarlab.models.summary import device_dtype
 
 
 @dataclass(frozen=True)

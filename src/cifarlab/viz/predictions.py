@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ParamsError
-from .hooks import capture_inputs
-from .inputs import EvalInputs
+from cifarlab.errors import ParamsError
+from cifarlab.viz.hooks import capture_inputs
+from cifarlab.viz.inputs import EvalInputs
 
 
 @torch.no_grad()

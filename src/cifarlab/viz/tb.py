@@ -16,7 +16,7 @@ import torch
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from ..train.tensorboard import HISTOGRAM_BINS
+from cifarlab.engine.tensorboard import HISTOGRAM_BINS
 
 
 def _md(text: str) -> str:

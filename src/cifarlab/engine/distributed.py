@@ -1,4 +1,4 @@
-"""Running fit() as one plain process, or as one rank of a torchrun job.
+"""Training as one plain process, or as one rank of a torchrun job.
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them, each rank joins the process group
 (NCCL on CUDA, gloo on the CPU), trains on its share of every epoch, sums its loss and
@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as td
 
-from ..params import Params
-from .fit import Paths, fit
-from .loop import Dist
+from cifarlab.errors import CifarlabError
+from cifarlab.params import Params
+from cifarlab.engine.loop import Dist
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:
@@ -32,8 +34,6 @@ def relaunch_under_torchrun(nproc: int, script: str, argv: list[str]) -> bool:
     """
     if nproc <= 1 or "WORLD_SIZE" in os.environ:
         return False
-    from ..errors import CifarlabError
-
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            script, *argv]
     print(f"train: {nproc} processes under torchrun: {' '.join(cmd[1:])}", flush=True)
@@ -43,10 +43,18 @@ def relaunch_under_torchrun(nproc: int, script: str, argv: list[str]) -> bool:
     return True
 
 
-def run_fit(params: Params, paths: Paths, log=print) -> dict:
+@contextmanager
+def process_group(params: Params, log=print) -> Iterator[tuple[Params, Dist, Callable]]:
+    """Join torchrun's process group when this process is one of its ranks.
+
+    Yields the params (with this rank's CUDA device where it uses one), the `Dist` that
+    reduces across ranks and the log function (silent on ranks other than 0). A plain
+    process yields the params unchanged, a one-process `Dist` and `log`.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return fit(params, paths, log=log)
+        yield params, Dist(), log
+        return
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and params.train.device in ("auto", "cuda")
@@ -56,6 +64,6 @@ def run_fit(params: Params, paths: Paths, log=print) -> dict:
     td.init_process_group("nccl" if use_cuda else "gloo")
     try:
         quiet = (lambda *a, **k: None) if rank else log
-        return fit(params, paths, Dist(rank=rank, world=world, reduce=_sum), log=quiet)
+        yield params, Dist(rank=rank, world=world, reduce=_sum), quiet
     finally:
         td.destroy_process_group()

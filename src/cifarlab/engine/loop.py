@@ -19,8 +19,8 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..errors import CifarlabError
-from .device import Runtime
+from cifarlab.errors import CifarlabError
+from cifarlab.engine.device import Runtime
 
 
 class NonFiniteLoss(CifarlabError):

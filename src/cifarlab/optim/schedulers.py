@@ -57,10 +57,11 @@ from typing import Any, Optional
 import torch
 from torch.optim import lr_scheduler
 
-from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from ..params import OptimizerParams, SchedulerParams
-from .optimizers import dummy_optimizer, validate_kwargs
-from .safe_formula import Formula, parse_formula
+from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.params import OptimizerParams, SchedulerParams
+from cifarlab.optim.kwargs import validate_kwargs
+from cifarlab.optim.optimizers import dummy_optimizer
+from cifarlab.optim.safe_formula import Formula, parse_formula
 
 NONE = "none"
 EPOCH, BATCH = "epoch", "batch"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..data.dataset import IndexDataset
-from .device import Runtime
-from .loop import Dist, LoaderSource, TensorSource
+from cifarlab.data.dataset import IndexDataset
+from cifarlab.engine.device import Runtime
+from cifarlab.engine.loop import Dist, LoaderSource, TensorSource
 
 
 class MemoryDataset(torch.utils.data.Dataset):
@@ -34,8 +34,8 @@ def make_source(entries: list, key: str, backend: str, images, labels, index: Pa
                 batch_size: int, seed: int, shuffle: bool, num_workers: int, dist: Dist, log, keep: bool = False):
     """A batch source for `entries` (augment.train or augment.eval) over these images; `keep`:
     hold on to the batches of a source that gives the same ones every epoch (validation)."""
-    from ..data.batch_augment import plan, uncovered
-    from ..data.transforms import build_transform
+    from cifarlab.augment.batch import plan, uncovered
+    from cifarlab.augment.transforms import build_transform
 
     common = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
                   rank=dist.rank if shuffle else 0, world=dist.world if shuffle else 1)

@@ -46,7 +46,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import ParamsError
+from cifarlab.errors import ParamsError
 
 SAFETY = 1.25
 RUNTIME_OVERHEAD = 256 * 2**20

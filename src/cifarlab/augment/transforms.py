@@ -32,7 +32,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
 
 # v2 classes that cannot work on a lone image: they need labels, boxes, key points or a batch.
 # Rejected with the reason instead of failing on the first image, deep in a DataLoader worker.

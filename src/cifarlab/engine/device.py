@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ParamsError
+from cifarlab.errors import ParamsError
 
 
 @dataclass

@@ -12,11 +12,11 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from ..atomic import atomic_dir, write_json
-from ..errors import DataError
-from .archive import Batch, iter_batches
-from .layout import BATCH_SIZE, batch_offset, png_name, write_manifest
-from .parallel import map_ranges
+from cifarlab.atomic import atomic_dir, write_json
+from cifarlab.errors import DataError
+from cifarlab.archive.reader import Batch, iter_batches
+from cifarlab.data.layout import BATCH_SIZE, batch_offset, png_name, write_manifest
+from cifarlab.data.parallel import map_ranges
 
 def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[str, str]:
     """Write one batch's PNGs; return {relative path: md5} for the manifest."""

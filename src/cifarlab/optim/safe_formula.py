@@ -26,7 +26,7 @@ import math
 import operator
 from typing import Callable, Iterable
 
-from ..errors import ParamsError
+from cifarlab.errors import ParamsError
 
 MAX_LENGTH = 500
 MAX_NODES = 200

@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from ..params import LossParams
-from .optimizers import validate_kwargs
+from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.params import LossParams
+from cifarlab.optim.kwargs import validate_kwargs
 
 _INPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "logits": lambda x: x,

@@ -18,18 +18,18 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid
 
-from .artifact import load_model
-from .atomic import atomic_dir, write_text
-from .data.dataset import load_tensors
-from .data.stats import read_stats
-from .errors import CifarlabError
-from .models.summary import summarize
-from .params import Params
-from .train.device import pick_device, use_all_cores
-from .viz import figures, hooks, kernels, layers
-from .viz.inputs import EvalInputs, train_grid_images
-from .viz.predictions import choose, predict
-from .viz.tb import VisualizeLogger
+from cifarlab.artifact import load_model
+from cifarlab.atomic import atomic_dir, write_text
+from cifarlab.data.dataset import load_tensors
+from cifarlab.data.layout import read_stats
+from cifarlab.errors import CifarlabError
+from cifarlab.models.summary import summarize
+from cifarlab.params import Params
+from cifarlab.engine.device import pick_device, use_all_cores
+from cifarlab.viz import figures, hooks, kernels, layers
+from cifarlab.viz.inputs import EvalInputs, train_grid_images
+from cifarlab.viz.predictions import choose, predict
+from cifarlab.viz.tb import VisualizeLogger
 
 #: The PNG files this stage writes into reports/figures (dvc.yaml lists them as plots).
 PICTURES = ("training_curves", "confusion_matrix", "per_class", "augmented_inputs", "kernels",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path
+from cifarlab.atomic import atomic_path
 
 KEEP_UNFINISHED = 3
 

@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..errors import DataError
+from cifarlab.errors import DataError
 
 ROOT = "cifar-10-batches-py"
 META = "batches.meta"

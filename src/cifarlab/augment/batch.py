@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from . import transforms as T
+from cifarlab.augment import transforms as T
 
 Size = tuple[int, int]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_dir
-from ..errors import DataError, ParamsError
-from .layout import SPLITS, from_test_batch, png_number, read_manifest, read_meta, write_manifest
+from cifarlab.atomic import atomic_dir
+from cifarlab.errors import DataError, ParamsError
+from cifarlab.data.layout import SPLITS, from_test_batch, png_number, read_manifest, read_meta, write_manifest
 
 
 

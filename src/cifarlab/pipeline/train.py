@@ -1,4 +1,4 @@
-"""The train stage's work: assemble everything from params, train, validate, save, resume.
+"""Stage train: assemble everything from params, train, validate, save, resume.
 
 Everything that can be checked is checked before the first step (names and arguments of
 every component, every image of both indexes), so a typo or a broken file costs seconds,
@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_dir, write_json, write_text
-from ..data.dataset import load_tensors
-from ..data.index import read_index
-from ..data.layout import read_meta
-from ..data.stats import read_stats
-from ..errors import CifarlabError, ParamsError
-from ..params import Params
-from .checkpoint import CheckpointDir, fingerprint, tensor_digest
-from .device import setup_runtime
-from .loop import Dist, evaluate, train_one_epoch
-from .sources import make_source
+from cifarlab.atomic import atomic_dir, write_json, write_text
+from cifarlab.data.dataset import load_tensors
+from cifarlab.data.index import read_index
+from cifarlab.data.layout import read_meta
+from cifarlab.data.layout import read_stats
+from cifarlab.errors import CifarlabError, ParamsError
+from cifarlab.params import Params
+from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest
+from cifarlab.engine.device import setup_runtime
+from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
+from cifarlab.engine.loop import Dist, evaluate, train_one_epoch
+from cifarlab.engine.sources import make_source
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,11 +48,11 @@ class Paths:
 
 def check_all(params: Params, steps_per_epoch: int = 10) -> None:
     """Every component's name and arguments, against the libraries, before any work."""
-    from ..data.transforms import check_transforms
-    from ..models.registry import check_model
-    from .losses import check_loss
-    from .optimizers import check_optimizer
-    from .schedulers import check_scheduler
+    from cifarlab.augment.transforms import check_transforms
+    from cifarlab.models.registry import check_model
+    from cifarlab.optim.losses import check_loss
+    from cifarlab.optim.optimizers import check_optimizer
+    from cifarlab.optim.schedulers import check_scheduler
 
     check_argument_sections(params)
     check_model(params.model)
@@ -67,10 +68,10 @@ def check_argument_sections(params: Params) -> None:
     silently drop its arguments (`optimizer.SDG: {momentum: 0.9}` training SGD without momentum)."""
     import torch.nn.init as tinit
 
-    from .losses import REFUSED as REFUSED_LOSSES
-    from .losses import supported_losses
-    from .optimizers import optimizer_classes
-    from .schedulers import scheduler_classes
+    from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
+    from cifarlab.optim.losses import supported_losses
+    from cifarlab.optim.optimizers import optimizer_classes
+    from cifarlab.optim.schedulers import scheduler_classes
 
     init_names = {n for n in dir(tinit) if n.endswith("_") and not n.startswith("_")}
     init_names |= {n.rstrip("_") for n in init_names}
@@ -95,7 +96,7 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def probe_shapes(model, name: str, runtime, sources) -> None:
     """One forward pass per source before training: a size mismatch is a clear error, not a crash mid-epoch."""
-    from .loop import _prepare
+    from cifarlab.engine.loop import _prepare
 
     was_training = model.training
     model.eval()
@@ -122,12 +123,24 @@ def training_params(params: Params) -> dict:
     return keep
 
 
+def run(params: Params, paths: Paths, *, script: str, argv: list[str], log=print) -> dict:
+    """`fit` in a plain process, or as this process's rank of a torchrun job.
+
+    With ``train.nproc > 1`` and no torchrun around yet, `script` (the stage script) is run
+    again under torchrun with `argv`, and this process only waits for it.
+    """
+    if relaunch_under_torchrun(params.train.nproc, script, argv):
+        return {}
+    with process_group(params, log) as (params, dist, log):
+        return fit(params, paths, dist, log=log)
+
+
 def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
-    from ..models.registry import create_model
-    from ..models.summary import summarize
-    from .losses import build_loss
-    from .optimizers import build_optimizer, needs_closure
-    from .schedulers import build_scheduler
+    from cifarlab.models.registry import create_model
+    from cifarlab.models.summary import summarize
+    from cifarlab.optim.losses import build_loss
+    from cifarlab.optim.optimizers import build_optimizer, needs_closure
+    from cifarlab.optim.schedulers import build_scheduler
 
     tp = params.train
     stats = read_stats(paths.stats)
@@ -150,7 +163,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         model = model.to(memory_format=torch.contiguous_format)
         runtime.channels_last = False
         log("train: LBFGS needs contiguous weights; channels_last is off for this run")
-    from .memory import check_training_memory  # a run too big for the memory stops here, not in epoch 1
+    from cifarlab.engine.memory import check_training_memory  # a run too big for the memory stops here, not in epoch 1
 
     # the fast path's padded (and mirrored) training images, and the kept validation batches in float
     on_device = 4 * train_x.nbytes + 5 * valid_x.nbytes if runtime.device.type != "cpu" else 0
@@ -165,7 +178,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     valid_src = make_source(params.augment.eval, "augment.eval", params.augment.backend, valid_x, valid_y,
                             paths.valid_index, stats, runtime, max(batch_size, 256), params.seed, False,
                             tp.num_workers, Dist(), log, keep=True)
-    from ..data.transforms import is_multicrop
+    from cifarlab.augment.transforms import is_multicrop
 
     ncrops = is_multicrop(params.augment.eval)
     probe_shapes(model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)])
@@ -200,7 +213,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
 
     writer = None
     if dist.main:
-        from .tensorboard import TrainLogger
+        from cifarlab.engine.tensorboard import TrainLogger
 
         writer = TrainLogger(paths.tensorboard, restore=tb_saved, histograms=tp.histograms)
         if start_epoch == 0:
@@ -249,7 +262,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
 
 def write_outputs(params: Params, paths: Paths, model, best: dict, history: list[dict], classes, stats,
                   summary: str) -> dict:
-    from ..artifact import save_model
+    from cifarlab.artifact import save_model
 
     info = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=classes, normalize=stats,
                 eval_transforms=params.augment.eval, channels_last=params.model.channels_last)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..atomic import atomic_dir
-from ..errors import CifarlabError
+from cifarlab.atomic import atomic_dir
+from cifarlab.errors import CifarlabError
 
 RUNS = {"train": "reports/tensorboard/train", "visualize": "reports/tensorboard/visualize"}
 SKIP_STATES = ("Queued", "Failed", "Running")

@@ -7,16 +7,14 @@ memory stays flat however large the data set grows.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_json
-from ..errors import DataError
-from .images import load_rgb32
-from .index import read_index
-from .parallel import map_ranges
+from cifarlab.atomic import write_json
+from cifarlab.data.images import load_rgb32
+from cifarlab.data.index import read_index
+from cifarlab.data.parallel import map_ranges
 
 
 def channel_stats(index_path: str | Path, root: str | Path = ".", workers: int = 0) -> dict:
@@ -46,19 +44,4 @@ def write_stats(index_path: str | Path, out: str | Path, root: str | Path = ".",
     stats = channel_stats(index_path, root)
     write_json(out, stats)
     progress(f"stats: {stats['images']} images, mean {stats['mean']}, std {stats['std']}")
-    return stats
-
-
-def read_stats(path: str | Path) -> dict:
-    """normalize.json as the stats stage wrote it, or a DataError naming the file."""
-    path = Path(path)
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; run the stats stage (dvc repro stats)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not the JSON the stats stage writes ({exc}); "
-                        "rerun it (dvc repro stats --force)") from None
-    if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
-        raise DataError(f"{path}: no 'mean' and 'std'; rerun the stats stage (dvc repro stats --force)")
     return stats
