@@ -61,7 +61,7 @@ def run_size(label: str, tmp: Path, epochs: int | None) -> dict:
         out["seconds"][name], out["peak_mb"][name] = timed(["bash", "-c", stage["cmd"]], proj.path, proj.env)
         print(f"{name:>10}: {out['seconds'][name]:8.2f} s  {out['peak_mb'][name]:7.0f} MB", flush=True)
     out["images"] = counts(proj)
-    out["test_acc"] = json.loads((proj.path / "reports/eval/metrics.json").read_text())["accuracy"]
+    out["test_acc"] = json.loads((proj.path / "reports/eval/metrics.json").read_text())["test"]["acc"]
     timing = json.loads((proj.path / "reports/train/timing.json").read_text())
     out["images_per_second"] = timing["images_per_second"]
     print(f"images {out['images']}; train {timing['images_per_second']:.0f} images/s; "

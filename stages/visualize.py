@@ -16,8 +16,7 @@ def main(argv=None):
     p.add_argument("--model", required=True)
     p.add_argument("--index", required=True, help="the index folder (train.txt for the input grid, test.txt)")
     p.add_argument("--stats", required=True, help="normalize.json, for augment.train's Normalize")
-    p.add_argument("--train-reports", required=True, help="the train stage's report folder (history.csv)")
-    p.add_argument("--eval-reports", required=True, help="the evaluate stage's report folder")
+    p.add_argument("--report", required=True, help="the evaluate stage's report.json")
     p.add_argument("--figures", required=True, help="output folder for the pictures")
     p.add_argument("--tensorboard", required=True, help="output folder for the TensorBoard run")
     args = p.parse_args(argv)
@@ -25,11 +24,11 @@ def main(argv=None):
 
     from cifarlab.pipeline.visualize import VizPaths, run_visualize
 
-    index, train, evals = Path(args.index), Path(args.train_reports), Path(args.eval_reports)
+    index = Path(args.index)
     run_visualize(params, VizPaths(
         model=Path(args.model), train_index=index / "train.txt", test_index=index / "test.txt",
-        stats=Path(args.stats), history=train / "history.csv", metrics=evals / "metrics.json",
-        confusion=evals / "confusion_matrix.json", figures=Path(args.figures), tensorboard=Path(args.tensorboard)))
+        stats=Path(args.stats), report=Path(args.report), figures=Path(args.figures),
+        tensorboard=Path(args.tensorboard)))
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def set_params(proj: Project, values: dict, out: Path | None = None) -> None:
 
 
 # A configuration that trains in seconds on a tiny archive, for end-to-end tests.
-TINY = {"model.name": "tutorial.net", "train.epochs": 3, "train.batch_size": 16, "train.threads": 1,
+TINY = {"model.name": "tutorial.net", "train.epochs": 3, "train.batch_size": 16, "runtime.threads": 1,
         "optimizer.lr": 0.02, "evaluate.batch_size": 64}
 
 

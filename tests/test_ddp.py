@@ -10,7 +10,7 @@ from dvc_project import TINY, make_project
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     archive = make_archive(tmp_path / "a.tar.gz", per_class=30, learnable=True)
-    params = dict(TINY, **{"train.epochs": 15, "train.threads": 0, "optimizer.name": "Adam", "optimizer.lr": 0.003})
+    params = dict(TINY, **{"train.epochs": 15, "runtime.threads": 0, "optimizer.name": "Adam", "optimizer.lr": 0.003})
     one = make_project(tmp_path / "one", archive, params)
     one.dvc("repro", "train")
     two = make_project(tmp_path / "two", archive, dict(params, **{"train.nproc": 2}))
@@ -22,5 +22,5 @@ def test_two_processes_train_like_one(tmp_path):
     assert len(writers) == 1, f"event files from several processes: {writers}"
     m1 = json.loads((one.path / "reports/train/metrics.json").read_text())
     m2 = json.loads((two.path / "reports/train/metrics.json").read_text())
-    assert m1["best_valid_acc"] >= 0.8 and m2["best_valid_acc"] >= 0.8, (m1, m2)
+    assert m1["valid"]["best_acc"] >= 0.8 and m2["valid"]["best_acc"] >= 0.8, (m1, m2)
     assert not list((two.path / "checkpoints").glob("*/checkpoint.pt"))

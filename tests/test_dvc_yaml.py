@@ -1,7 +1,6 @@
 """dvc.yaml must declare exactly the code each stage runs, or DVC reruns too much or too little."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml

@@ -1,4 +1,5 @@
 """Train and evaluate through the real dvc CLI on a tiny archive: repro, experiments, resume."""
+import csv
 import json
 import os
 import signal
@@ -33,7 +34,15 @@ def test_outputs(project):
     assert history[0].startswith("epoch,train_loss,train_acc,valid_loss,valid_acc,lr_0")
     assert len(history) == 1 + TINY["train.epochs"]
     metrics = json.loads((root / "reports/eval/metrics.json").read_text())
-    assert 0 <= metrics["accuracy"] <= 1 and set(metrics["per_class"]) and "f1" in metrics["macro"]
+    assert set(metrics) == {"test"} and set(metrics["test"]) == {"acc", "loss", "macro_f1"}
+    assert 0 <= metrics["test"]["acc"] <= 1
+    report = json.loads((root / "reports/eval/report.json").read_text())
+    assert report["accuracy"] == metrics["test"]["acc"] and set(report["per_class"]) and "f1" in report["macro"]
+    per_class = (root / "reports/eval/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
+    train = json.loads((root / "reports/train/metrics.json").read_text())
+    assert train["complete"] is True and train["epoch"] == TINY["train.epochs"]
+    assert set(train) == {"epoch", "complete", "train", "valid"}
     assert (root / "reports/eval/confusion.csv").read_text().startswith("actual,predicted\n")
     assert list((root / "reports/tensorboard/train").glob("events.out.tfevents.*"))
     assert not list((root / "checkpoints").glob("*/checkpoint.pt")), "a finished run prunes its checkpoint"
@@ -45,7 +54,7 @@ def test_experiment_reruns_no_data_stage_and_metrics_diff(project):
     assert "train" in ran and not (ran & DATA), res.stdout
     diff = project.dvc("metrics", "diff", "--all", "--json")
     changed = json.loads(diff.stdout)
-    assert "reports/eval/metrics.json" in changed and "accuracy" in changed["reports/eval/metrics.json"]
+    assert "reports/eval/metrics.json" in changed and "test.acc" in changed["reports/eval/metrics.json"]
     show = project.dvc("exp", "show", "--json")
     assert "optimizer.lr" in show.stdout or "0.01" in show.stdout
     plots = project.dvc("plots", "diff", "HEAD", "--json")
@@ -85,6 +94,17 @@ def test_killed_training_resumes_to_the_same_metrics(tmp_path, archive):
         p.wait()
     assert killed, "training finished before it could be interrupted"
     assert list((proj.path / "checkpoints").glob("*/checkpoint.pt"))
+    live = json.loads((proj.path / "reports/train/metrics.json").read_text())
+    assert live["complete"] is False and live["epoch"] == 2, live  # the killed run's last finished epoch
     res = proj.dvc("repro", "train")
     assert "resuming from the checkpoint of epoch 2" in res.stdout, res.stdout
     assert json.loads((proj.path / "reports/train/metrics.json").read_text()) == expected
+    # the history is rebuilt from the checkpoint: every row as the uninterrupted run's, timings aside
+    assert untimed_history(proj.path) == untimed_history(whole.path)
+    assert len(untimed_history(proj.path)) == 6
+
+
+def untimed_history(root) -> list[dict]:
+    with open(root / "reports/train/history.csv") as f:
+        return [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
+                for row in csv.DictReader(f)]

@@ -133,9 +133,9 @@ def test_exp_show_lists_the_sweep(sweep):
         data = exps[name]
         assert data["state"] == "success"
         lrs.add(str(data["params"]["params.yaml"]["data"]["optimizer"]["lr"]))
-        assert 0 <= data["metrics"]["reports/eval/metrics.json"]["data"]["accuracy"] <= 1
+        assert 0 <= data["metrics"]["reports/eval/metrics.json"]["data"]["test"]["acc"] <= 1
     assert lrs == set(LRS)
-    table = proj.dvc("exp", "show", "--md", "--sort-by", "reports/eval/metrics.json:accuracy", "--sort-order", "desc")
+    table = proj.dvc("exp", "show", "--md", "--sort-by", "reports/eval/metrics.json:test.acc", "--sort-order", "desc")
     assert all(n in table.stdout for n in names), table.stdout
 
 
@@ -158,7 +158,7 @@ def test_pick_best_apply_and_branch_as_documented(sweep):
 
     def score(name):
         m = exps[name]["metrics"]["reports/eval/metrics.json"]["data"]
-        return (m["accuracy"], -m["loss"])
+        return (m["test"]["acc"], -m["test"]["loss"])
 
     expected = max(names, key=score)
     res = proj.run("bash", "-euo", "pipefail", "-c", docs_block("pick-best:"))

@@ -7,7 +7,9 @@ a seeded short delay after DVC starts its command). Then:
 
 * right after the signal, each of the stage's outputs is absent or complete (equal to an
   uninterrupted run's), never half-written: DVC deleted it before running the stage, and the
-  stage writes through temporary siblings swapped in whole;
+  stage writes through temporary siblings swapped in whole. Train's live files (metrics.json,
+  history.csv, rewritten after every epoch) may instead show the last finished epoch, marked
+  `complete: false`;
 * a plain `dvc repro <stage>` finishes the job: training resumes from its checkpoint, the
   other stages rebuild; DVC notices a SIGKILLed predecessor's dead pid in .dvc/tmp/rwlock and
   drops it with a warning, so nobody deletes lock files by hand. The one exception is DVC's
@@ -59,6 +61,25 @@ TRIGGERS = {
 
 def timed(rel: str) -> bool:
     return rel.startswith(TIMED)
+
+
+#: train's live files, rewritten after every epoch: an interrupted run leaves them whole but
+#: at the last finished epoch, marked `complete: false`
+LIVE = ("reports/train/metrics.json", "reports/train/history.csv")
+
+
+def assert_live_snapshot(proj: Project, reference: Project, rel: str) -> None:
+    """A live file left by an interrupted train: a whole file showing a prefix of the finished run."""
+    now, ref = (p.path / rel for p in (proj, reference))
+    if rel.endswith(".json"):
+        metrics = json.loads(now.read_text())
+        assert metrics == json.loads(ref.read_text()) or metrics["complete"] is False, metrics
+    else:
+        rows, ref_rows = (f.read_text().splitlines() for f in (now, ref))
+        untimed = [i for i, c in enumerate(ref_rows[0].split(",")) if not c.endswith("seconds") and
+                   not c.startswith("images_per")]
+        cut = [[r.split(",")[i] for i in untimed] for r in rows]
+        assert cut == [[r.split(",")[i] for i in untimed] for r in ref_rows[:len(rows)]], rel
 
 
 def interrupt(proj: Project, args: list[str], trigger: str, delay: float, sig: int,
@@ -180,7 +201,9 @@ def check_every_stage(tmp_path: Path, archive: Path, reference: Project, sig: in
         # never half-written: each output absent, or complete and equal to the uninterrupted one
         for rel in stage_outs(stage):
             now = files_of(proj.path, rel)
-            if now is not None and not timed(rel):
+            if now is not None and rel in LIVE:
+                assert_live_snapshot(proj, reference, rel)
+            elif now is not None and not timed(rel):
                 assert now == files_of(reference.path, rel), f"{stage}: {rel} is half-written after {sig!r}"
         if sig == signal.SIGKILL:
             repaired += [f"{stage}: {what}" for what in repair_dvc_state(proj)]

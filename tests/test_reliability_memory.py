@@ -222,7 +222,7 @@ def test_training_too_big_for_the_memory_stops_before_the_first_step(tmp_path, m
     write_indexes("data/split", CLASSES, "data/index", progress=quiet)
     write_stats("data/index/train.txt", "data/stats/normalize.json", progress=quiet)
     monkeypatch.setattr(memory, "available_bytes_on", lambda device: (64 * 2**20, "a test's budget"))
-    params = parse_params({"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 8, "threads": 1}})
+    params = parse_params({"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 8}, "runtime": {"threads": 1}})
     logs: list[str] = []
     with pytest.raises(ParamsError, match=r"train.batch_size: .*64.0 MiB available \(a test's budget\)"):
         fit(params, Paths(train_index=Path("data/index/train.txt"), valid_index=Path("data/index/valid.txt"),

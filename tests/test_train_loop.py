@@ -45,7 +45,8 @@ def paths(root: Path, out: Path) -> Paths:
 
 
 def tiny(**over):
-    raw = {"model": {"name": "tutorial.net"}, "train": {"epochs": 2, "batch_size": 8, "threads": 1},
+    raw = {"model": {"name": "tutorial.net"}, "train": {"epochs": 2, "batch_size": 8}, "runtime": {"threads": 1},
+           "scheduler": {"name": "none"},
            "optimizer": {"name": "SGD", "lr": 0.01, "SGD": {"momentum": 0.9}},
            "augment": {"train": [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],
                        "eval": [{"Normalize": {}}]}}
@@ -82,7 +83,8 @@ def test_fit_writes_everything_and_is_reproducible(tree, tmp_path):
     assert [h["train_loss"] for h in r3["history"]] != [h["train_loss"] for h in r1["history"]]
     out = tmp_path / "a"
     assert {p.name for p in (out / "models").iterdir()} == {"model.pt", "last.pt"}
-    assert json.loads((out / "reports/metrics.json").read_text())["epochs"] == 2
+    metrics = json.loads((out / "reports/metrics.json").read_text())
+    assert metrics["epoch"] == 2 and metrics["complete"] is True
     assert not list((out / "ckpt").glob("*/checkpoint.pt"))
 
 
@@ -327,8 +329,11 @@ def test_train_one_epoch_reports_the_exact_mean_loss_and_accuracy():
     model = _Fixed(table)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     src = TensorSource(images, labels, lambda x, g: x.float(), 5, seed=1)
-    res = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, Scheduler("none", None, opt), src, 0,
-                          _runtime(), torch.amp.GradScaler("cpu", enabled=False))
+    steps = []
+    res = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
+                          scheduler=Scheduler("none", None, opt), scaler=torch.amp.GradScaler("cpu", enabled=False),
+                          on_step=lambda step, images, loss: steps.append((step, images, float(loss))))
+    assert [(s, i) for s, i, _ in steps] == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 1)]  # every step, its batch size
     expect_loss = torch.nn.functional.cross_entropy(table, labels).item()
     expect_acc = (table.argmax(1) == labels).float().mean().item()
     assert res["images"] == n
@@ -350,5 +355,5 @@ def test_train_one_epoch_names_the_first_non_finite_step():
     model = _Fixed(table)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with pytest.raises(NonFiniteLoss, match=rf"epoch 1, step {step};"):
-        train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, Scheduler("none", None, opt), src, 0, _runtime(),
-                        torch.amp.GradScaler("cpu", enabled=False))
+        train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
+                        scheduler=Scheduler("none", None, opt), scaler=torch.amp.GradScaler("cpu", enabled=False))

@@ -1,12 +1,11 @@
 """The visualize stage's work on a tiny workspace, without DVC: pictures, TensorBoard run, errors.
 
 `make_workspace` lays out what the stage reads (PNG images, indexes, stats, a saved model,
-history.csv, metrics.json, confusion_matrix.json) in the pipeline's own formats; the
+the model file with its history, report.json) in the pipeline's own formats; the
 TensorBoard server test reuses it.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
@@ -54,26 +53,19 @@ def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3
     (root / "data/stats/normalize.json").write_text(json.dumps(STATS))
     torch.manual_seed(0)
     model = build_model(model_name)
-    save_model(root / "models/model.pt", model, name=model_name, kwargs={}, classes=CLASSES, normalize=STATS,
-               eval_transforms=eval_transforms or [{"Normalize": {}}], channels_last=channels_last, epoch=epochs)
     rows = [{"epoch": e + 1, "train_loss": 2.3 - 0.2 * e, "train_acc": 0.1 + 0.1 * e, "valid_loss": 2.3 - 0.1 * e,
-             "valid_acc": 0.1 + 0.05 * e, "lr_0": 0.05 / (e + 1), "epoch_seconds": 1.0, "images_per_second": 99.0}
-            for e in range(epochs)]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    (root / "reports/train").mkdir(parents=True)
-    (root / "reports/train/history.csv").write_text(buf.getvalue())
+             "valid_acc": 0.1 + 0.05 * e, "lr_0": 0.05 / (e + 1)} for e in range(epochs)]
+    save_model(root / "models/model.pt", model, name=model_name, kwargs={}, classes=CLASSES, normalize=STATS,
+               eval_transforms=eval_transforms or [{"Normalize": {}}], channels_last=channels_last, epoch=epochs,
+               history=rows)
     logits = torch.randn(30, 10, generator=torch.Generator().manual_seed(1))
     report, cm = classification_report(logits, torch.arange(30) % 10, CLASSES)
+    report["confusion"] = {"classes": CLASSES, "counts": cm.tolist()}
     (root / "reports/eval").mkdir(parents=True)
-    (root / "reports/eval/metrics.json").write_text(json.dumps(report))
-    (root / "reports/eval/confusion_matrix.json").write_text(json.dumps({"classes": CLASSES, "counts": cm.tolist()}))
+    (root / "reports/eval/report.json").write_text(json.dumps(report))
     return VizPaths(model=root / "models/model.pt", train_index=root / "data/index/train.txt",
                     test_index=root / "data/index/test.txt", stats=root / "data/stats/normalize.json",
-                    history=root / "reports/train/history.csv", metrics=root / "reports/eval/metrics.json",
-                    confusion=root / "reports/eval/confusion_matrix.json", figures=root / "reports/figures",
+                    report=root / "reports/eval/report.json", figures=root / "reports/figures",
                     tensorboard=root / "reports/tensorboard/visualize", root=root)
 
 

@@ -22,7 +22,7 @@ def _get_archive(args) -> None:
         md5 = None if args.md5 in ("null", "none", "") else args.md5.lower()
     if args.set_md5:
         md5 = None  # the archive is trusted as it is; its md5 becomes the expected one
-    actual = get_archive(params.data.archive, params.data.url, md5, source=args.source, dvc_add=not args.no_dvc)
+    actual = get_archive(params.data.archive, params.fetch.url, md5, source=args.source, dvc_add=not args.no_dvc)
     if args.md5 is not None or args.set_md5:
         new = actual if args.set_md5 else md5
         if new != params.data.md5:
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("get-archive", help="download or copy the CIFAR-10 archive into place and `dvc add` it",
-                       description="Online: download data.url and check data.md5. Offline: --from a local copy.")
+                       description="Online: download fetch.url and check data.md5. Offline: --from a local copy.")
     g.add_argument("--from", dest="source", help="copy this archive instead of downloading")
     g.add_argument("--md5", help="expect this md5 instead of data.md5 ('null' skips the check) and write it to params.yaml")
     g.add_argument("--set-md5", action="store_true",

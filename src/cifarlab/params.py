@@ -13,13 +13,18 @@ A component section holds `name` plus one mapping of keyword arguments per candi
       Adam: {betas: [0.9, 0.999]}
 
 so `dvc exp run -S optimizer.name=Adam` switches without leaving SGD's arguments behind.
+
+This schema holds every default. params.yaml holds only the knobs people turn (each of its
+keys is a column of `dvc exp show`); a key it leaves out keeps the default below, and
+`dvc exp run -S ++key=value` sets it. Keyword-argument sections merge key by key over their
+defaults (`DEFAULT_KWARGS`), so `-S ++optimizer.SGD.dampening=0.1` keeps SGD's other defaults.
 """
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,11 +50,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+def merge(defaults: dict, given: dict) -> dict:
+    """`given` over `defaults`, mapping by mapping (lists and scalars replace)."""
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class _Component(BaseModel):
-    """`name` plus per-name keyword-argument mappings (the extra keys)."""
+    """`name` plus per-name keyword-argument mappings (the extra keys), over DEFAULT_KWARGS."""
 
     model_config = ConfigDict(extra="allow")
     name: str
+    #: keyword arguments a name gets unless params.yaml says otherwise, argument by argument
+    DEFAULT_KWARGS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data):
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, defaults in cls.DEFAULT_KWARGS.items():
+            given = data.get(name, {})
+            if isinstance(given, dict):  # anything else is left for the validator to name
+                out[name] = merge(defaults, given)
+        return out
 
     @model_validator(mode="after")
     def _extras_are_mappings(self):
@@ -67,7 +97,6 @@ class _Component(BaseModel):
 
 class DataParams(_Strict):
     archive: str = "data/cifar-10-python.tar.gz"
-    url: str = OFFICIAL_URL
     md5: Optional[str] = OFFICIAL_MD5
     batches: list[str] = Field(default_factory=lambda: ["test_batch"], min_length=1)
 
@@ -112,10 +141,31 @@ class SplitParams(_Strict):
         return self
 
 
+class FetchParams(_Strict):
+    """Where `cifarlab get-archive` downloads from; no stage reads it, so it never reruns one."""
+
+    url: str = OFFICIAL_URL
+
+
+class ConvInit(_Component):
+    name: str = "default"
+    DEFAULT_KWARGS = {"kaiming_normal_": {"mode": "fan_out", "nonlinearity": "relu"}, "xavier_normal_": {"gain": 1.0}}
+
+
+class LinearInit(_Component):
+    name: str = "default"
+    DEFAULT_KWARGS = {"normal_": {"mean": 0.0, "std": 0.01}}
+
+
+class NormInit(_Component):
+    name: str = "default"
+    DEFAULT_KWARGS = {"constant_": {"val": 1.0}}
+
+
 class InitParams(_Strict):
-    conv: _Component = Field(default_factory=lambda: _Component(name="default"))
-    linear: _Component = Field(default_factory=lambda: _Component(name="default"))
-    batchnorm: _Component = Field(default_factory=lambda: _Component(name="default"))
+    conv: ConvInit = Field(default_factory=ConvInit)
+    linear: LinearInit = Field(default_factory=LinearInit)
+    batchnorm: NormInit = Field(default_factory=NormInit)
 
 
 MODEL_SOURCES = ("cifarlab", "tutorial", "torchvision")
@@ -130,9 +180,17 @@ class ModelParams(_Strict):
     init: InitParams = Field(default_factory=InitParams)
     # model.<source>.<arch>: that model's keyword arguments (a mapping, or null for none);
     # declared fields, so a wrong type is reported at its own key (model.tutorial.resnet34)
-    cifarlab: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
+    cifarlab: dict[str, Optional[dict[str, Any]]] = Field(default_factory=lambda: {"resnet8": {"width": 32}})
     tutorial: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
     torchvision: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_source_defaults(cls, data):
+        """model.cifarlab.resnet8.width: 16 keeps the other defaults of model.cifarlab."""
+        if isinstance(data, dict) and isinstance(data.get("cifarlab"), dict):
+            data = {**data, "cifarlab": merge({"resnet8": {"width": 32}}, data["cifarlab"])}
+        return data
 
     @model_validator(mode="after")
     def _no_other_keys(self):
@@ -155,8 +213,9 @@ class ModelParams(_Strict):
 
 class AugmentParams(_Strict):
     backend: Literal["tensor", "pil"] = "tensor"
-    train: list[dict[str, Any]] = Field(default_factory=list)
-    eval: list[dict[str, Any]] = Field(default_factory=list)
+    train: list[dict[str, Any]] = Field(default_factory=lambda: [
+        {"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}])
+    eval: list[dict[str, Any]] = Field(default_factory=lambda: [{"Normalize": {}}])
 
     @field_validator("train", "eval")
     @classmethod
@@ -172,6 +231,7 @@ class AugmentParams(_Strict):
 
 class LossParams(_Component):
     name: str = "CrossEntropyLoss"
+    DEFAULT_KWARGS = {"CrossEntropyLoss": {"label_smoothing": 0.1}}
 
 
 class ParamGroup(_Strict):
@@ -181,26 +241,35 @@ class ParamGroup(_Strict):
 
 class OptimizerParams(_Component):
     name: str = "SGD"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.1, gt=0)
     groups: list[ParamGroup] = Field(default_factory=list)
+    DEFAULT_KWARGS = {"SGD": {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 0.0005},
+                      "Adam": {"weight_decay": 0.0}, "AdamW": {"weight_decay": 0.05}}
 
 
 class SchedulerParams(_Component):
-    name: str = "none"
+    name: str = "OneCycleLR"
+    DEFAULT_KWARGS = {"OneCycleLR": {"pct_start": 0.25}, "StepLR": {"step_size": 50, "gamma": 0.1},
+                      "ReduceLROnPlateau": {"monitor": "valid_loss", "factor": 0.1, "patience": 5}}
 
 
 class TrainParams(_Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
     device: str = "auto"
     amp: bool = True
-    threads: int = Field(0, ge=0)
-    num_workers: int = Field(0, ge=0)
     nproc: int = Field(1, ge=1)
     compile: bool = False
     histograms: bool = True
 
     _device = field_validator("device")(lambda cls, v: _check_device(v))
+
+
+class RuntimeParams(_Strict):
+    """How fast, never what: no stage declares this section, so changing it never reruns one."""
+
+    threads: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
 
 
 class EvaluateParams(_Strict):
@@ -240,6 +309,7 @@ class Params(_Strict):
     # below 2**32: per-epoch seeds are derived as seed * 1_000_003 + epoch and must fit torch's int64
     seed: int = Field(0, ge=0, lt=2**32)
     data: DataParams = Field(default_factory=DataParams)
+    fetch: FetchParams = Field(default_factory=FetchParams)
     split: SplitParams = Field(default_factory=SplitParams)
     model: ModelParams = Field(default_factory=ModelParams)
     augment: AugmentParams = Field(default_factory=AugmentParams)
@@ -247,6 +317,7 @@ class Params(_Strict):
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
     scheduler: SchedulerParams = Field(default_factory=SchedulerParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     visualize: VisualizeParams = Field(default_factory=VisualizeParams)
 

@@ -147,10 +147,15 @@ def _prepare(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return x
 
 
-def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    source, epoch: int, runtime: Runtime, scaler: torch.amp.GradScaler,
-                    needs_closure: bool = False, log_every: int = 0, log=print) -> dict:
-    """One pass over the training data; returns loss, accuracy, images and seconds."""
+def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, source, *,
+                    epoch: int, runtime: Runtime, scheduler, scaler: torch.amp.GradScaler,
+                    needs_closure: bool = False,
+                    on_step: Optional[Callable[[int, int, torch.Tensor], None]] = None) -> dict:
+    """One pass over the training data; returns loss, accuracy, images and seconds.
+
+    `on_step(step, images, loss)` runs after every step (a progress bar); the loss is a
+    device tensor, so reading it is the caller's choice of when to sync.
+    """
     model.train()
     dev = runtime.device
     # per-step results are kept as references (detached outputs, no copies, no reductions)
@@ -187,8 +192,8 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
         losses.append(loss.detach())
         outputs.append(out.detach())
         targets.append(y)
-        if log_every and (step + 1) % log_every == 0:
-            log(f"  epoch {epoch + 1} step {step + 1}/{len(source)}: loss {loss.item():.4f}")
+        if on_step is not None:
+            on_step(step, len(y), loss.detach())
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -30,8 +30,9 @@ class MemoryDataset(torch.utils.data.Dataset):
         return self.transform(tv_tensors.Image(self.images[i])), self.labels[i]
 
 
-def make_source(entries: list, key: str, backend: str, images, labels, index: Path, stats: dict, runtime: Runtime,
-                batch_size: int, seed: int, shuffle: bool, num_workers: int, dist: Dist, log, keep: bool = False):
+def make_source(entries: list, key: str, *, backend: str, images, labels, index: Path, stats: dict,
+                runtime: Runtime, batch_size: int, seed: int, shuffle: bool, num_workers: int = 0,
+                dist: Dist = Dist(), log=print, keep: bool = False):
     """A batch source for `entries` (augment.train or augment.eval) over these images; `keep`:
     hold on to the batches of a source that gives the same ones every epoch (validation)."""
     from cifarlab.augment.batch import plan, uncovered

@@ -17,7 +17,6 @@ from cifarlab.atomic import write_json, write_text
 from cifarlab.data.dataset import load_tensors
 from cifarlab.params import Params
 from cifarlab.engine.device import setup_runtime
-from cifarlab.engine.loop import Dist
 from cifarlab.engine.sources import make_source
 
 
@@ -53,32 +52,42 @@ def predict_index(model_path: Path, index: Path, params: Params, log=print):
     from cifarlab.augment.transforms import is_multicrop
     from cifarlab.engine.loop import evaluate
 
-    runtime = setup_runtime(params.train.device, params.train.amp, params.train.threads, False)
+    runtime = setup_runtime(params.train.device, params.train.amp, params.runtime.threads, False)
     model, meta = load_model(model_path, runtime.device)
     runtime.channels_last = bool(meta.get("channels_last"))
     x, y = load_tensors(index, ".", len(meta["classes"]))
-    source = make_source(meta["eval_transforms"], "augment.eval", "tensor", x, y, index, meta["normalize"], runtime,
-                         params.evaluate.batch_size, params.seed, False, params.train.num_workers, Dist(), log)
+    source = make_source(meta["eval_transforms"], "augment.eval", backend="tensor", images=x, labels=y, index=index,
+                         stats=meta["normalize"], runtime=runtime, batch_size=params.evaluate.batch_size,
+                         seed=params.seed, shuffle=False, num_workers=params.runtime.num_workers, log=log)
     out = evaluate(model, None, source, runtime, is_multicrop(meta["eval_transforms"]), keep_outputs=True)
     return out["logits"], out["targets"], meta
 
 
 def run_evaluation(model_path: Path, index: Path, out_dir: Path, params: Params, log=print) -> dict:
+    """metrics.json (the headline numbers `dvc exp show` compares), report.json (everything: per
+    class, the confusion matrix's counts), per_class.csv and confusion.csv (DVC plots)."""
     logits, targets, meta = predict_index(model_path, index, params, log)
     classes = meta["classes"]
     report, cm = classification_report(logits, targets, classes)
     report["model_epoch"] = meta.get("epoch")
+    report["confusion"] = {"classes": classes, "counts": cm.tolist(), "rows": "actual", "columns": "predicted"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", report)
-    write_json(out_dir / "confusion_matrix.json", {"classes": classes, "counts": cm.tolist(),
-                                                    "rows": "actual", "columns": "predicted"})
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["actual", "predicted"])
+    write_json(out_dir / "metrics.json", {"test": {"acc": report["accuracy"], "loss": report["loss"],
+                                                   "macro_f1": report["macro"]["f1"]}})
+    write_json(out_dir / "report.json", report)
+    write_text(out_dir / "per_class.csv", _csv(["class", "precision", "recall", "f1", "support"],
+                                               [[c, *report["per_class"][c].values()] for c in classes]))
     preds = logits.argmax(1)
-    for a, p in zip(targets.tolist(), preds.tolist()):
-        w.writerow([classes[a], classes[p]])
-    write_text(out_dir / "confusion.csv", buf.getvalue())
+    write_text(out_dir / "confusion.csv", _csv(["actual", "predicted"], [[classes[a], classes[p]] for a, p in
+                                                                         zip(targets.tolist(), preds.tolist())]))
     log(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f}, "
         f"macro F1 {report['macro']['f1']:.4f} on {report['images']} images")
     return report
+
+
+def _csv(header: list[str], rows: list[list]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()

@@ -11,8 +11,9 @@ import io
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,18 @@ from cifarlab.params import Params
 from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
-from cifarlab.engine.loop import Dist, evaluate, train_one_epoch
+from cifarlab.engine.loop import Dist, _prepare, evaluate, train_one_epoch
 from cifarlab.engine.sources import make_source
+from cifarlab.engine.memory import check_training_memory
+from cifarlab.engine.progress import epoch_bar
+from cifarlab.engine.tensorboard import TrainLogger
+from cifarlab.artifact import save_model
+from cifarlab.augment.transforms import check_transforms, is_multicrop
+from cifarlab.models.registry import check_model, create_model
+from cifarlab.models.summary import summarize
+from cifarlab.optim.losses import build_loss, check_loss
+from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
+from cifarlab.optim.schedulers import build_scheduler, check_scheduler
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,12 +59,6 @@ class Paths:
 
 def check_all(params: Params, steps_per_epoch: int = 10) -> None:
     """Every component's name and arguments, against the libraries, before any work."""
-    from cifarlab.augment.transforms import check_transforms
-    from cifarlab.models.registry import check_model
-    from cifarlab.optim.losses import check_loss
-    from cifarlab.optim.optimizers import check_optimizer
-    from cifarlab.optim.schedulers import check_scheduler
-
     check_argument_sections(params)
     check_model(params.model)
     check_loss(params.loss)
@@ -96,8 +101,6 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def probe_shapes(model, name: str, runtime, sources) -> None:
     """One forward pass per source before training: a size mismatch is a clear error, not a crash mid-epoch."""
-    from cifarlab.engine.loop import _prepare
-
     was_training = model.training
     model.eval()
     try:
@@ -135,19 +138,67 @@ def run(params: Params, paths: Paths, *, script: str, argv: list[str], log=print
         return fit(params, paths, dist, log=log)
 
 
-def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
-    from cifarlab.models.registry import create_model
-    from cifarlab.models.summary import summarize
-    from cifarlab.optim.losses import build_loss
-    from cifarlab.optim.optimizers import build_optimizer, needs_closure
-    from cifarlab.optim.schedulers import build_scheduler
+@dataclass
+class Setup:
+    """Everything `fit` builds before the first epoch."""
 
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model as trained: DDP- or compile-wrapped, or the model itself
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    closure: bool
+    runtime: Any
+    train_src: Any
+    valid_src: Any
+    ncrops: int
+    classes: list[str]
+    stats: dict
+    summary: str
+    fingerprint: str
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries across an interruption."""
+
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": -1, "state": None})
+    start_epoch: int = 0
+    tensorboard: dict = field(default_factory=dict)
+
+
+def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
+    """Build, resume, run the epochs, write the outputs (rank 0 writes; other ranks only train)."""
+    s = build(params, paths, dist, log)
+    ckpt = CheckpointDir(paths.checkpoints, s.fingerprint)
+    progress = resume(ckpt, s, log)
+    writer = None
+    if dist.main:
+        writer = TrainLogger(paths.tensorboard, restore=progress.tensorboard, histograms=params.train.histograms)
+        if progress.start_epoch == 0:
+            writer.start(s.model, params, s.summary)
+        if progress.history:  # resumed: the live files show where training stands at once
+            write_live(paths, progress, complete=False)
+    run_epochs(params, s, progress, ckpt=ckpt, writer=writer, paths=paths, dist=dist, log=log)
+    result = {"history": progress.history, "best": progress.best}
+    if dist.main:
+        hp_metrics = write_outputs(params, paths, s, progress)
+        writer.finish(params, hp_metrics)
+        ckpt.finish()
+        result["metrics"] = hp_metrics
+    return result
+
+
+def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
+    """Check every component, decode the images, build the model and everything that trains it."""
     tp = params.train
     stats = read_stats(paths.stats)
     classes = read_meta(paths.meta)["classes"]
     n_train = len(read_index(paths.train_index, len(classes)))
     check_all(params, steps_per_epoch=-(-n_train // (tp.batch_size * dist.world)))
-    runtime = setup_runtime(tp.device, tp.amp, tp.threads, params.model.channels_last, dist.world)
+    runtime = setup_runtime(tp.device, tp.amp, params.runtime.threads, params.model.channels_last, dist.world)
     seed_everything(params.seed)
 
     t0 = time.perf_counter()
@@ -163,26 +214,22 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         model = model.to(memory_format=torch.contiguous_format)
         runtime.channels_last = False
         log("train: LBFGS needs contiguous weights; channels_last is off for this run")
-    from cifarlab.engine.memory import check_training_memory  # a run too big for the memory stops here, not in epoch 1
-
-    # the fast path's padded (and mirrored) training images, and the kept validation batches in float
+    # a run too big for the memory stops here, not in epoch 1; on a GPU the fast path also
+    # holds the padded (and mirrored) training images and the kept validation batches in float
     on_device = 4 * train_x.nbytes + 5 * valid_x.nbytes if runtime.device.type != "cpu" else 0
     check_training_memory(model, min(tp.batch_size, -(-len(train_y) // dist.world)), params.optimizer.name,
                           runtime.device, amp_dtype=runtime.amp_dtype, extra_bytes=on_device,
                           processes=dist.world if runtime.device.type == "cpu" else 1)
     model.to(runtime.device)
-    summary = summarize(model) if dist.main else ""
-    batch_size = tp.batch_size
-    train_src = make_source(params.augment.train, "augment.train", params.augment.backend, train_x, train_y,
-                            paths.train_index, stats, runtime, batch_size, params.seed, True, tp.num_workers, dist, log)
-    valid_src = make_source(params.augment.eval, "augment.eval", params.augment.backend, valid_x, valid_y,
-                            paths.valid_index, stats, runtime, max(batch_size, 256), params.seed, False,
-                            tp.num_workers, Dist(), log, keep=True)
-    from cifarlab.augment.transforms import is_multicrop
-
+    common = dict(backend=params.augment.backend, stats=stats, runtime=runtime, seed=params.seed,
+                  num_workers=params.runtime.num_workers, log=log)
+    train_src = make_source(params.augment.train, "augment.train", images=train_x, labels=train_y,
+                            index=paths.train_index, batch_size=tp.batch_size, shuffle=True, dist=dist, **common)
+    valid_src = make_source(params.augment.eval, "augment.eval", images=valid_x, labels=valid_y,
+                            index=paths.valid_index, batch_size=max(tp.batch_size, 256), shuffle=False,
+                            keep=True, **common)
     ncrops = is_multicrop(params.augment.eval)
     probe_shapes(model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)])
-    loss_fn = build_loss(params.loss, num_classes=len(classes)).to(runtime.device)
     train_model = model
     if dist.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -190,106 +237,122 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     if tp.compile:
         train_model = torch.compile(train_model)
     optimizer = build_optimizer(params.optimizer, model)
-    scheduler = build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src))
-    scaler = runtime.scaler()
-    closure = needs_closure(optimizer)
-
     fp = fingerprint(training_params(params), tensor_digest(train_x, train_y, valid_x, valid_y)
                      + json.dumps(stats, sort_keys=True) + str(dist.world), CODE_ROOT)
-    ckpt = CheckpointDir(paths.checkpoints, fp)
-    history: list[dict] = []
-    best = {"acc": -1.0, "epoch": -1, "state": None}
-    start_epoch = 0
-    tb_saved: dict[str, bytes] = {}
-    if ckpt.exists():
-        state = ckpt.load()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        tb_saved = state.get("tensorboard", {})
-        log(f"train: resuming from the checkpoint of epoch {start_epoch} ({ckpt.path})")
+    return Setup(model=model, train_model=train_model, optimizer=optimizer,
+                 loss_fn=build_loss(params.loss, num_classes=len(classes)).to(runtime.device),
+                 scheduler=build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src)),
+                 scaler=runtime.scaler(), closure=needs_closure(optimizer), runtime=runtime, train_src=train_src,
+                 valid_src=valid_src, ncrops=ncrops, classes=classes, stats=stats,
+                 summary=summarize(model) if dist.main else "", fingerprint=fp)
 
-    writer = None
-    if dist.main:
-        from cifarlab.engine.tensorboard import TrainLogger
 
-        writer = TrainLogger(paths.tensorboard, restore=tb_saved, histograms=tp.histograms)
-        if start_epoch == 0:
-            writer.start(model, params, summary)
+def resume(ckpt: CheckpointDir, s: Setup, log) -> Progress:
+    """The state of the last finished epoch of an interrupted run with the same fingerprint, if any."""
+    if not ckpt.exists():
+        return Progress()
+    state = ckpt.load()
+    s.model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    s.scaler.load_state_dict(state["scaler"])
+    progress = Progress(history=state["history"], best=state["best"], start_epoch=state["epoch"] + 1,
+                        tensorboard=state.get("tensorboard", {}))
+    log(f"train: resuming from the checkpoint of epoch {progress.start_epoch} ({ckpt.path})")
+    return progress
 
+
+def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: CheckpointDir, writer, paths: Paths,
+               dist: Dist, log) -> None:
+    """Train and validate each remaining epoch; after each, checkpoint and rewrite the live outputs."""
+    tp = params.train
     clock = time.perf_counter()
-    done_before = history[-1]["elapsed_seconds"] if history else 0.0
-    for epoch in range(start_epoch, tp.epochs):
+    done_before = progress.history[-1]["elapsed_seconds"] if progress.history else 0.0
+    for epoch in range(progress.start_epoch, tp.epochs):
         seed_everything(params.seed * 1_000_003 + epoch)  # dropout and per-sample transforms, resumable
-        tr = train_one_epoch(train_model, loss_fn, optimizer, scheduler, train_src, epoch, runtime, scaler, closure)
+        bar = epoch_bar(epoch, tp.epochs, len(s.train_src)) if dist.main else None
+        try:
+            tr = train_one_epoch(s.train_model, s.loss_fn, s.optimizer, s.train_src, epoch=epoch, runtime=s.runtime,
+                                 scheduler=s.scheduler, scaler=s.scaler, needs_closure=s.closure, on_step=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         totals = dist.reduce(torch.tensor([tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]],
-                                          dtype=torch.float64, device=runtime.device)).tolist()
+                                          dtype=torch.float64, device=s.runtime.device)).tolist()
         tr_loss, tr_acc = totals[0] / totals[2], totals[1] / totals[2]
-        va = evaluate(model, loss_fn, valid_src, runtime, ncrops)
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        scheduler.step_epoch({"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss,
-                              "train_acc": tr_acc})
+        va = evaluate(s.model, s.loss_fn, s.valid_src, s.runtime, s.ncrops)
+        lrs = [g["lr"] for g in s.optimizer.param_groups]
+        s.scheduler.step_epoch({"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss,
+                                "train_acc": tr_acc})
         row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va["loss"],
                "valid_acc": va["acc"], **{f"lr_{i}": lr for i, lr in enumerate(lrs)},
                "epoch_seconds": tr["seconds"], "images_per_second": totals[2] / tr["seconds"],
                # since the first training step, validation included (what "time to accuracy" counts)
                "elapsed_seconds": done_before + time.perf_counter() - clock}
-        history.append(row)
-        if va["acc"] > best["acc"]:
-            best = {"acc": va["acc"], "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        progress.history.append(row)
+        if va["acc"] > progress.best["acc"]:
+            progress.best = {"acc": va["acc"], "epoch": epoch + 1,
+                             "state": {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}}
         if dist.main:
-            writer.epoch(model, row, lrs)
-            ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                       "history": history, "best": best, "rng": {"torch": torch.get_rng_state()},
-                       "fingerprint": fp, "tensorboard": writer.snapshot()})
+            writer.epoch(s.model, row, lrs)
+            ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                       "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "epoch": epoch,
+                       "history": progress.history, "best": progress.best, "rng": {"torch": torch.get_rng_state()},
+                       "fingerprint": s.fingerprint, "tensorboard": writer.snapshot()})
+            write_live(paths, progress, complete=False)
         # logged once the checkpoint is on disk: "epoch N/" means epoch N survives a kill
         log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
             f"{va['loss']:.4f} acc {va['acc']:.4f} | lr {lrs[0]:.3g} | {tr['seconds']:.1f} s, "
             f"{row['images_per_second']:.0f} img/s")
 
-    result = {"history": history, "best": best}
-    if dist.main:
-        hp_metrics = write_outputs(params, paths, model, best, history, classes, stats, summary)
-        writer.finish(params, hp_metrics)
-        ckpt.finish()
-        result["metrics"] = hp_metrics
-    return result
+
+def headline(progress: Progress, complete: bool) -> dict:
+    """reports/train/metrics.json: the few numbers `dvc exp show` compares, named by where they come from.
+
+    Rewritten after every epoch (`complete: false`) and once more at the end (`complete: true`),
+    so a reader can tell a run in progress, or a killed one, from a finished one.
+    """
+    last = progress.history[-1]
+    return {"epoch": last["epoch"], "complete": complete, "train": {"loss": round(last["train_loss"], 6)},
+            "valid": {"best_acc": round(progress.best["acc"], 6), "best_epoch": progress.best["epoch"]}}
 
 
-def write_outputs(params: Params, paths: Paths, model, best: dict, history: list[dict], classes, stats,
-                  summary: str) -> dict:
-    from cifarlab.artifact import save_model
-
-    info = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=classes, normalize=stats,
-                eval_transforms=params.augment.eval, channels_last=params.model.channels_last)
-    with atomic_dir(paths.models) as tmp:
-        save_model(tmp / "last.pt", model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
-        best_model = model
-        if best["state"] is not None:
-            best_model.load_state_dict(best["state"])
-        save_model(tmp / "model.pt", best_model, epoch=best["epoch"], valid_acc=best["acc"], **info)
-    last = history[-1]
-    metrics = {"best_valid_acc": best["acc"], "best_epoch": best["epoch"], "final_valid_acc": last["valid_acc"],
-               "final_valid_loss": last["valid_loss"], "final_train_acc": last["train_acc"],
-               "final_train_loss": last["train_loss"], "epochs": len(history)}
-    # timings vary run to run: kept apart so identical runs give identical metrics
-    timing = {"train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
-              "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1)}
-    paths.reports.mkdir(parents=True, exist_ok=True)
+def write_live(paths: Paths, progress: Progress, complete: bool) -> None:
+    """history.csv, metrics.json and timing.json as they stand: what `dvc exp show` and DVC's
+    VS Code extension read while the stage runs. Each file is replaced atomically."""
+    history = progress.history
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
     w.writeheader()
     for r in history:
         w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    paths.reports.mkdir(parents=True, exist_ok=True)
     write_text(paths.reports / "history.csv", buf.getvalue())
-    write_json(paths.reports / "metrics.json", metrics)
-    write_json(paths.reports / "timing.json", timing)
-    write_text(paths.reports / "summary.txt", summary + "\n")
-    return metrics
+    write_json(paths.reports / "metrics.json", headline(progress, complete))
+    # timings vary run to run: kept apart so identical runs give identical metrics
+    write_json(paths.reports / "timing.json", {
+        "train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
+        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1)})
+
+
+def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) -> dict:
+    """The finished run: both model files, the final live files and the summary; returns the metrics."""
+    history, best = progress.history, progress.best
+    # the curves travel with the model (visualize draws them from it), without the clock times:
+    # identical runs must write identical model files
+    curves = [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
+              for row in history]
+    info = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
+                eval_transforms=params.augment.eval, channels_last=params.model.channels_last, history=curves)
+    with atomic_dir(paths.models) as tmp:
+        save_model(tmp / "last.pt", s.model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
+        if best["state"] is not None:
+            s.model.load_state_dict(best["state"])
+        save_model(tmp / "model.pt", s.model, epoch=best["epoch"], valid_acc=best["acc"], **info)
+    write_live(paths, progress, complete=True)
+    write_text(paths.reports / "summary.txt", s.summary + "\n")
+    return {"best_valid_acc": best["acc"], "best_epoch": best["epoch"], "final_train_loss": history[-1]["train_loss"],
+            "final_valid_acc": history[-1]["valid_acc"], "epochs": len(history)}
 
 
 def raise_if_missing(*files: Path) -> None:

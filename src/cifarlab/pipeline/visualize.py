@@ -42,9 +42,7 @@ class VizPaths:
     train_index: Path
     test_index: Path
     stats: Path
-    history: Path
-    metrics: Path
-    confusion: Path
+    report: Path  # the evaluate stage's report.json: per-class scores and the confusion matrix
     figures: Path
     tensorboard: Path
     root: Path = Path(".")
@@ -108,10 +106,14 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
     classes = list(meta["classes"])
     plan = plan_layers(model, params, classes)
     log(f"visualize: {meta.get('name')} on {device}; " + plan.describe().replace("\n", "; "))
-    history = figures.read_history(paths.history) if Path(paths.history).is_file() else None
-    if history is None:
-        raise CifarlabError(f"{paths.history}: missing; run `dvc repro` (the train stage writes it)")
-    metrics, confusion = (_read_json(f) for f in (paths.metrics, paths.confusion))
+    if not meta.get("history"):
+        raise CifarlabError(f"{paths.model}: the model file carries no training history (written by an older "
+                            "cifarlab); retrain it: dvc repro train --force")
+    history = figures.history_columns(meta["history"])
+    report = _read_json(paths.report)
+    confusion = report.get("confusion")
+    if not isinstance(confusion, dict) or not {"classes", "counts"} <= set(confusion):
+        raise CifarlabError(f"{paths.report}: no confusion matrix in it; rerun the evaluate stage (dvc repro evaluate --force)")
     stats = read_stats(paths.stats)
     channels_last = bool(meta.get("channels_last"))
 
@@ -157,7 +159,7 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
         pictures = {
             "training_curves": figures.training_curves(history),
             "confusion_matrix": figures.confusion_matrix(confusion["counts"], confusion["classes"]),
-            "per_class": figures.per_class(metrics),
+            "per_class": figures.per_class(report),
             "augmented_inputs": figures.image_grid(
                 train_grid, f"{len(grid_images)} training inputs after augment.train (de-normalized)"),
             "kernels": figures.image_grid(kernel_grid, f"{plan.kernels} kernels {tuple(weight.shape)}"

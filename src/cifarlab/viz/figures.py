@@ -30,12 +30,16 @@ def save(fig: Figure, path: Path) -> None:
 
 def read_history(path: Path) -> dict[str, list[float]]:
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        return history_columns(list(csv.DictReader(f)))
+
+
+def history_columns(rows: list[dict]) -> dict[str, list[float]]:
+    """Per-epoch rows (history.csv's, or the model file's) as one list per column."""
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
 def training_curves(history: dict[str, list[float]]) -> Figure:
-    """Loss, accuracy and learning rate per epoch (reports/train/history.csv)."""
+    """Loss, accuracy and learning rate per epoch (the history the model file carries)."""
     fig = Figure(figsize=(13, 3.8), layout="constrained")
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     epoch = history.get("epoch", [])
@@ -79,9 +83,9 @@ def confusion_matrix(counts: list[list[int]], classes: list[str]) -> Figure:
     return fig
 
 
-def per_class(metrics: dict) -> Figure:
-    """Precision and recall of every class side by side (reports/eval/metrics.json)."""
-    pc = metrics["per_class"]
+def per_class(report: dict) -> Figure:
+    """Precision and recall of every class side by side (reports/eval/report.json)."""
+    pc = report["per_class"]
     classes = list(pc)
     x = np.arange(len(classes))
     fig = Figure(figsize=(max(7, 0.8 * len(classes) + 2), 4), layout="constrained")
@@ -91,7 +95,7 @@ def per_class(metrics: dict) -> Figure:
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, classes, rotation=30, ha="right", rotation_mode="anchor")
     ax.set_ylim(0, 1.18)
-    acc = metrics.get("accuracy")
+    acc = report.get("accuracy")
     ax.set_title("per-class precision and recall" + (f" (test accuracy {acc:.3f})" if acc is not None else ""))
     ax.legend(loc="upper right", ncols=2, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
