@@ -102,7 +102,7 @@ def test_every_supported_loss_trains_an_epoch_from_its_name_alone(tree, tmp_path
 def test_dvc_exp_run_switches_scheduler_and_loss_by_name(tmp_path):
     """`dvc exp run -S scheduler.name=MultiStepLR -S loss.name=MultiMarginLoss` through the real dvc,
     with neither section written in params.yaml."""
-    proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=6), params=TINY)
+    proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=10), params=TINY)
     res = proj.dvc("exp", "run", "train", "-S", "scheduler.name=MultiStepLR", "-S", "loss.name=MultiMarginLoss")
     assert "train" in proj.ran(res)
     written = yaml.safe_load((proj.path / "params.yaml").read_text())
