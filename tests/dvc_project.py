@@ -131,6 +131,7 @@ def preset(name: str) -> dict:
         if tok == "-S":
             continue
         key, value = tok.split("=", 1)
+        key = key.lstrip("+")  # `++key` (add or override) and `+key` (add): Hydra's prefixes
         # Hydra's override syntax for a list of one-key dicts, read as YAML flow style
         out[key] = yaml.safe_load(value.replace(":", ": ").replace(",", ", ")) if value.startswith("[") \
             else yaml.safe_load(value)

@@ -278,14 +278,15 @@ def test_formula_failing_at_a_later_epoch_is_caught_by_the_check():
 @pytest.mark.parametrize(
     "name, kwargs, key, text",
     [
-        ("StepLR", {}, "scheduler.StepLR", "missing required argument(s): step_size"),
+        ("CosineAnnealingWarmRestarts", {}, "scheduler.CosineAnnealingWarmRestarts",
+         "missing required argument(s): T_0"),
         ("StepLR", {"step_size": 0}, "scheduler.StepLR.step_size", "> 0"),
         ("StepLR", {"step_size": "two"}, "scheduler.StepLR.step_size", "an integer"),
         ("StepLR", {"step_size": 2, "last_epoch": 3}, "scheduler.StepLR.last_epoch", "checkpoint"),
         ("MultiStepLR", {"milestones": 3}, "scheduler.MultiStepLR.milestones", "a list"),
         ("ExponentialLR", {"gamma": -0.5}, "scheduler.ExponentialLR", "must be finite and >= 0"),
         ("LinearLR", {"start_factor": 2}, "scheduler.LinearLR", "torch refused"),
-        ("LambdaLR", {}, "scheduler.LambdaLR.lr_lambda", "is required"),
+        ("MultiplicativeLR", {}, "scheduler.MultiplicativeLR.lr_lambda", "is required"),
         ("LambdaLR", {"lr_lambda": "epoch +"}, "scheduler.LambdaLR.lr_lambda", "not a valid formula"),
         ("LambdaLR", {"lr_lambda": ["1", "x"]}, "scheduler.LambdaLR.lr_lambda.1", "name 'x'"),
         ("ReduceLROnPlateau", {"monitor": "val_loss"}, "scheduler.ReduceLROnPlateau.monitor", "valid_loss"),
@@ -342,3 +343,29 @@ def test_load_state_dict_from_another_scheduler_is_refused():
     _, _, cosine = _setup("CosineAnnealingLR", {})
     with pytest.raises(ParamsError, match="resume with the same scheduler"):
         cosine.load_state_dict(step.state_dict())
+
+
+@pytest.mark.parametrize("name", TUTORIAL)
+def test_each_tutorial_scheduler_runs_from_its_name_alone(name):
+    """`-S scheduler.name=X` with nothing under scheduler.X: the defaults fill torch's required
+    arguments (the tutorial's values, section 3.4), and the whole schedule checks out."""
+    check_scheduler(SchedulerParams(name=name), epochs=5)
+    model, optimizer, sched = _setup(name, {}, lr=1.0)
+    assert sched.inner is not None and type(sched.inner).__name__ == name
+
+
+def test_scheduler_defaults_are_the_tutorials_and_written_values_win():
+    from cifarlab.optim.schedulers import DEFAULTS
+
+    assert DEFAULTS["StepLR"] == {"step_size": 50, "gamma": 0.1}
+    assert DEFAULTS["MultiStepLR"] == {"milestones": [30, 80, 120]}
+    _, _, sched = _setup("MultiStepLR", {}, lr=1.0)
+    assert dict(sched.inner.milestones) == {30: 1, 80: 1, 120: 1}
+    _, _, sched = _setup("ExponentialLR", {}, lr=1.0)
+    assert sched.inner.gamma == 0.95
+    _, _, sched = _setup("LambdaLR", {}, lr=1.0)
+    sched.step_epoch()
+    sched.step_epoch()
+    assert sched.last_lrs() == pytest.approx([0.95 ** 2])
+    _, _, sched = _setup("StepLR", {"step_size": 2}, lr=1.0)
+    assert sched.inner.step_size == 2

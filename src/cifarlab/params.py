@@ -249,7 +249,11 @@ class OptimizerParams(_Component):
 
 class SchedulerParams(_Component):
     name: str = "OneCycleLR"
+    #: the tutorial's values (3.4 and its training script) for the arguments torch requires,
+    #: so that `-S scheduler.name=X` alone switches to any of them
     DEFAULT_KWARGS = {"OneCycleLR": {"pct_start": 0.25}, "StepLR": {"step_size": 50, "gamma": 0.1},
+                      "MultiStepLR": {"milestones": [30, 80, 120]}, "ExponentialLR": {"gamma": 0.95},
+                      "LambdaLR": {"lr_lambda": "0.95 ** epoch"},
                       "ReduceLROnPlateau": {"monitor": "valid_loss", "factor": 0.1, "patience": 5}}
 
 

@@ -30,6 +30,9 @@ Defaults derived from the run (each only when the key is not written):
 * OneCycleLR/CyclicLR ``cycle_momentum``: true only if the optimizer has betas or a
   non-zero momentum to cycle (torch's true would fail on Adagrad and silently add momentum
   to plain SGD).
+* StepLR ``step_size`` 50 (the tutorial's training script), MultiStepLR ``milestones`` [30, 80, 120], ExponentialLR
+  ``gamma`` 0.95, LambdaLR ``lr_lambda`` ``0.95 ** epoch`` (`DEFAULTS`: the tutorial's
+  values), so that ``scheduler.name`` alone switches to any of them.
 * LambdaLR/MultiplicativeLR ``lr_lambda``: a formula in ``epoch`` (see safe_formula), or
   a list of formulas, one per parameter group ``[rest, *optimizer.groups]``.
 
@@ -89,6 +92,13 @@ _NOT_A_CHILD = {
 _POSITIVE = ("step_size", "T_max", "T_0", "step_size_up", "step_size_down")
 #: Check runs step at most this many times.
 _CHECK_STEPS = 10000
+#: Values for the arguments torch requires, used when ``scheduler.<Name>`` does not write
+#: them, so ``-S scheduler.name=X`` alone runs: the schema's table (`SchedulerParams.DEFAULT_KWARGS`,
+#: the tutorial's values), here also for the entries of SequentialLR and ChainedScheduler.
+#: StepLR's interval 50 is the tutorial's training script's, MultiStepLR's milestones
+#: [30, 80, 120] its 3.4 example; its LambdaLR example ``0.95 ** epoch`` is the default
+#: formula, and the same decay is ExponentialLR's default gamma.
+DEFAULTS: dict[str, dict[str, Any]] = SchedulerParams.DEFAULT_KWARGS
 
 
 def scheduler_classes() -> dict[str, type]:
@@ -136,7 +146,7 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
         raise ParamsError(name_key, "unknown scheduler", name, choices)
     if child and name in _NOT_A_CHILD:
         raise ParamsError(name_key, f"{name} cannot be a stage here: {_NOT_A_CHILD[name]}", name)
-    given = dict(given)
+    given = {**DEFAULTS.get(name, {}), **given}
     spec = _Spec(name, key, classes[name])
     default_interval = BATCH if name in _PER_BATCH else EPOCH
     if "interval" in given and child:

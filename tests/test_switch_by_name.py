@@ -1,0 +1,112 @@
+"""Every component the tutorial teaches switches by name alone: `-S scheduler.name=X` for its
+six lr schedulers (3.4) and `-S loss.name=Y` for every supported loss trains, with nothing
+else written, on top of the project's own params.yaml.
+
+In-process (the train stage's `fit` on a tiny tree, one epoch) for each name; through the
+real `dvc exp run` for one scheduler and one loss together (slow).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cifar_factory import CLASSES, make_archive
+from dvc_project import ROOT, make_project, set_dotted
+from cifarlab.pipeline.index import write_indexes
+from cifarlab.pipeline.split import split
+from cifarlab.pipeline.stats import write_stats
+from cifarlab.pipeline.unpack import unpack
+from cifarlab.params import parse_params
+from cifarlab.pipeline.train import Paths, fit
+from cifarlab.optim.losses import supported_losses
+
+torch.set_num_threads(1)
+
+#: The tutorial's six schedulers, section 3.4.
+SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
+PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
+#: Small and quick; none of these keys is a scheduler's or a loss's.
+TINY = {"model.name": "tutorial.net", "train.epochs": 1, "train.batch_size": 8, "train.threads": 1,
+        "train.histograms": False, "train.device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    arc = make_archive(root / "a.tar.gz", per_class=4)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        quiet = {"progress": lambda *_: None}
+        unpack(arc, ["test_batch"], "data/png", "data/meta.json", **quiet)
+        split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, **quiet)
+        write_indexes("data/split", CLASSES, "data/index", **quiet)
+        write_stats("data/index/train.txt", "data/stats/normalize.json", **quiet)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def with_name(section: str, name: str):
+    """params.yaml as `dvc exp run -S <section>.name=<name>` leaves it (the key exists, so plain
+    -S overrides it), plus the tiny-run keys."""
+    raw = copy.deepcopy(PROJECT)
+    for dotted, value in {**TINY, f"{section}.name": name}.items():
+        set_dotted(raw, dotted, value, create=False)
+    return parse_params(raw)
+
+
+def train_one_epoch(tree: Path, out: Path, params) -> dict:
+    paths = Paths(train_index=tree / "data/index/train.txt", valid_index=tree / "data/index/valid.txt",
+                  stats=tree / "data/stats/normalize.json", meta=tree / "data/meta.json", models=out / "models",
+                  reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=tree)
+    cwd = os.getcwd()
+    os.chdir(tree)
+    try:
+        history = fit(params, paths, log=lambda *_: None)["history"]
+    finally:
+        os.chdir(cwd)
+    assert (out / "models" / "model.pt").is_file()
+    return history[-1]
+
+
+def test_the_tutorial_schedulers_are_not_written_in_params_yaml_except_two():
+    """What the name-alone tests rely on: most of the six have no section in params.yaml."""
+    assert not {"MultiStepLR", "ExponentialLR", "LambdaLR", "CosineAnnealingLR"} & set(PROJECT["scheduler"])
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_each_tutorial_scheduler_trains_an_epoch_from_its_name_alone(tree, tmp_path, name):
+    params = with_name("scheduler", name)
+    assert params.scheduler.name == name
+    last = train_one_epoch(tree, tmp_path, params)
+    assert int(last["epoch"]) == 1 and math.isfinite(float(last["train_loss"]))
+    assert float(last["lr_0"]) > 0
+
+
+@pytest.mark.parametrize("name", supported_losses())
+def test_every_supported_loss_trains_an_epoch_from_its_name_alone(tree, tmp_path, name):
+    params = with_name("loss", name)
+    last = train_one_epoch(tree, tmp_path, params)
+    assert int(last["epoch"]) == 1 and math.isfinite(float(last["train_loss"]))
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_switches_scheduler_and_loss_by_name(tmp_path):
+    """`dvc exp run -S scheduler.name=MultiStepLR -S loss.name=MultiMarginLoss` through the real dvc,
+    with neither section written in params.yaml."""
+    proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=10), params=TINY)
+    res = proj.dvc("exp", "run", "train", "-S", "scheduler.name=MultiStepLR", "-S", "loss.name=MultiMarginLoss")
+    assert "train" in proj.ran(res)
+    written = yaml.safe_load((proj.path / "params.yaml").read_text())
+    assert written["scheduler"]["name"] == "MultiStepLR" and "MultiStepLR" not in written["scheduler"]
+    assert written["loss"]["name"] == "MultiMarginLoss" and "MultiMarginLoss" not in written["loss"]
+    metrics = json.loads((proj.path / "reports/train/metrics.json").read_text())
+    assert metrics, "no training metrics"
