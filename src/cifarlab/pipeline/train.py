@@ -253,15 +253,31 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
 
     result = {"history": history, "best": best}
     if dist.main:
-        hp_metrics = write_outputs(params, paths, model, best, history, classes, stats, summary)
+        hp_metrics = write_outputs(params, paths, model, best, history, classes, stats, summary,
+                                   device=describe_device(runtime, dist.world))
         writer.finish(params, hp_metrics)
         ckpt.finish()
         result["metrics"] = hp_metrics
     return result
 
 
+def describe_device(runtime, world: int = 1) -> str:
+    """Where training ran, for people (the model card): 'cuda:0 (NVIDIA H200), bf16 autocast'."""
+    dev = runtime.device
+    text = str(dev)
+    if dev.type == "cuda":
+        text += f" ({torch.cuda.get_device_name(dev)})"
+    elif dev.type == "cpu":
+        text += f" ({torch.get_num_threads()} threads)"
+    if world > 1:
+        text += f", {world} processes"
+    if runtime.amp_dtype is not None:
+        text += f", {str(runtime.amp_dtype).removeprefix('torch.')} autocast"
+    return text
+
+
 def write_outputs(params: Params, paths: Paths, model, best: dict, history: list[dict], classes, stats,
-                  summary: str) -> dict:
+                  summary: str, device: str = "") -> dict:
     from cifarlab.artifact import save_model
 
     info = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=classes, normalize=stats,
@@ -279,6 +295,8 @@ def write_outputs(params: Params, paths: Paths, model, best: dict, history: list
     # timings vary run to run: kept apart so identical runs give identical metrics
     timing = {"train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
               "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1)}
+    if device:
+        timing["device"] = device
     paths.reports.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
