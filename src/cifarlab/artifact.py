@@ -56,7 +56,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError) as exc:  # tensors missing, renamed or of the wrong shape: a damaged file
-        detail = str(exc).strip().splitlines()[0]
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:160]  # past the header
         raise CifarlabError(f"{path}: damaged cifarlab model file, its weights do not fit "
                             f"{payload['name']} ({detail}); {REBUILD}") from None
     if payload.get("channels_last"):

@@ -218,8 +218,10 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
     epochs = train_metrics.get("epochs", params["train"]["epochs"])
     seconds, ips = timing.get("train_seconds"), timing.get("images_per_second")
     device = timing.get("device", "not recorded")
-    trained = (f"{seconds:,.1f} s of training ({seconds / 60:.1f} min, validation excluded), "
-               f"{ips:,.0f} images/s" if seconds is not None and ips is not None else "not recorded")
+    trained = "Training time not recorded"
+    if seconds is not None and ips is not None:
+        minutes = f" ({seconds / 60:.1f} min)" if seconds >= 60 else ""
+        trained = f"{seconds:,.1f} s of training{minutes}, validation excluded, {ips:,.0f} images/s"
     split = params["split"]
     lines = [
         f"# Model card: {name}",
@@ -322,7 +324,7 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         f"- It knows only CIFAR-10's ten classes ({', '.join(classes)}): any picture is called one of them, "
         "with no \"none of these\" answer, and its probabilities are not calibrated.",
         f"- It saw {counts.get('train', 0):,} training images from CIFAR-10 batches "
-        f"{', '.join(params['data']['batches'])} (small, centred photographs, mostly from 2008-era web searches); "
+        f"{', '.join(params['data']['batches'])} (small photographs, each centred on one object, collected in 2008); "
         "expect lower accuracy on other kinds of pictures.",
         "- The test metrics above come from one split of that data; they estimate, not guarantee, accuracy.",
         "",

@@ -268,7 +268,8 @@ def describe_device(runtime, world: int = 1) -> str:
     if dev.type == "cuda":
         text += f" ({torch.cuda.get_device_name(dev)})"
     elif dev.type == "cpu":
-        text += f" ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        text += f" ({threads} thread{'s' if threads != 1 else ''})"
     if world > 1:
         text += f", {world} processes"
     if runtime.amp_dtype is not None:
