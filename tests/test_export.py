@@ -138,7 +138,7 @@ def test_onnx_on_the_real_test_images(tmp_path, real_archive):
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     xn = (x - torch.tensor(stats["mean"]).view(1, 3, 1, 1)) / torch.tensor(stats["std"]).view(1, 3, 1, 1)
     y = torch.from_numpy(labels)
-    for _ in range(2):  # two epochs: far from good, but its predictions are no longer near-ties
+    for _ in range(1):  # one epoch: far from good, but its predictions are no longer near-ties
         for i in torch.randperm(len(y)).split(64):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(net(xn[i]), y[i]).backward()
@@ -148,11 +148,11 @@ def test_onnx_on_the_real_test_images(tmp_path, real_archive):
         path = make_model_file(tmp_path / f"{name}.pt", name, model=model, stats=stats)
         out = tmp_path / f"{name}.onnx"
         export_onnx(path, out, log=lambda *_: None)
-        subset = images if name == "tutorial.net" else images[:2000]
+        subset = images if name == "tutorial.net" else images[:1000]
         expected = reference_logits(path, subset)
         got = np.concatenate([run_onnx(out, subset[i:i + 1000]) for i in range(0, len(subset), 1000)])
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
         assert (got.argmax(1) == expected.argmax(1)).all(), f"{name}: top-1 differs"
         if model is not None:
             accuracy = (got.argmax(1) == labels[: len(got)]).mean()
-            assert accuracy > 0.3, accuracy  # it learned something, so top-1 agreement means something
+            assert accuracy > 0.25, accuracy  # it learned something, so top-1 agreement means something
