@@ -11,7 +11,7 @@ from cifarlab.stage import parser, stage
 @stage
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model file from the train stage")
     p.add_argument("--index", required=True, help="the test index")
     p.add_argument("--out", required=True, help="report folder")
     args = p.parse_args(argv)

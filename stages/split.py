@@ -9,9 +9,9 @@ from cifarlab.stage import parser, stage
 @stage
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--png", required=True)
-    p.add_argument("--meta", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--png", required=True, help="the unpacked PNG tree (one folder per class)")
+    p.add_argument("--meta", required=True, help="meta.json from the unpack stage (the class names)")
+    p.add_argument("--out", required=True, help="output folder: train/, valid/, test/ of hard links")
     args = p.parse_args(argv)
     s = load_params(args.params).split
     split(args.png, args.meta, args.out, mode=s.mode, train=s.train, valid=s.valid, test=s.test, seed=s.seed)

@@ -14,12 +14,13 @@ from cifarlab.stage import parser, stage
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--index", required=True, help="folder with train.txt and valid.txt")
-    p.add_argument("--stats", required=True)
-    p.add_argument("--meta", required=True)
-    p.add_argument("--models", required=True)
-    p.add_argument("--reports", required=True)
-    p.add_argument("--tensorboard", required=True)
-    p.add_argument("--checkpoints", default="checkpoints")
+    p.add_argument("--stats", required=True, help="normalize.json from the stats stage (mean and std for Normalize)")
+    p.add_argument("--meta", required=True, help="meta.json from the unpack stage (the class names)")
+    p.add_argument("--models", required=True, help="output folder: model.pt (best) and last.pt")
+    p.add_argument("--reports", required=True, help="output folder: history.csv, metrics.json, timing.json, summary.txt")
+    p.add_argument("--tensorboard", required=True, help="output folder for the TensorBoard run")
+    p.add_argument("--checkpoints", default="checkpoints",
+                   help="folder of resumable per-epoch checkpoints, outside DVC's outputs (default: checkpoints)")
     args = p.parse_args(argv)
     params = load_params(args.params)  # fail on a bad param before importing torch
 

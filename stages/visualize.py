@@ -13,7 +13,7 @@ from cifarlab.stage import parser, stage
 @stage
 def main(argv=None):
     p = parser(__doc__)
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="the model file from the train stage")
     p.add_argument("--index", required=True, help="the index folder (train.txt for the input grid, test.txt)")
     p.add_argument("--stats", required=True, help="normalize.json, for augment.train's Normalize")
     p.add_argument("--report", required=True, help="the evaluate stage's report.json")

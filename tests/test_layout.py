@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "predict": BASE | {"artifact", "engine", "augment", "models", "data"},
     "pipeline": BASE | {"stage", "artifact", "engine", "optim", "augment", "models", "viz", "data", "archive"},
     "cli": BASE | {"archive", "gather", "predict", "pipeline", "artifact", "engine", "models", "augment", "data"},
+    "__main__": {"cli"},
 }
 STAGE_SCRIPTS_MAY_IMPORT = {"pipeline", "params", "stage"}
 

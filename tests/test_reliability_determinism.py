@@ -58,7 +58,8 @@ def test_metrics_and_model_are_identical(runs):
     comparable = sorted(k for k in la if not k.startswith(TIMED))
     assert {k: la[k] for k in comparable} == {k: lb[k] for k in comparable}
     assert set(la) - set(comparable) == {"reports/tensorboard/train", "reports/tensorboard/visualize",
-                                         "reports/train/timing.json", "reports/train/history.csv"}
+                                         "reports/train/timing.json", "reports/train/history.csv",
+                                         "export/MODEL_CARD.md"}
 
 
 def test_another_seed_gives_other_outputs(runs):

@@ -55,6 +55,7 @@ TRIGGERS = {
     "stats": ("> python stages/stats.py", (0.2, 0.8)),
     "train": ("epoch 1/", None),  # epoch 1's checkpoint is on disk, epoch 2 is running
     "evaluate": ("> python stages/evaluate.py", (1.5, 3.0)),
+    "export": ("> python stages/export.py", (2.0, 5.0)),  # torch.onnx.export is tracing the model
     "visualize": ("visualize: ", None),  # pictures being drawn
 }
 

@@ -102,7 +102,8 @@ def test_push_sends_every_cached_output(team):
     outs = cached_outputs(alice.path)
     expected = {"data/cifar-10-python.tar.gz", "data/meta.json", "data/index", "data/stats/normalize.json",
                 "models", "reports/train/summary.txt", "reports/train/timing.json", "reports/tensorboard/train",
-                "reports/eval/report.json", "reports/figures", "reports/tensorboard/visualize"}
+                "reports/eval/report.json", "reports/figures", "reports/tensorboard/visualize",
+                "export/model.onnx", "export/MODEL_CARD.md"}
     assert expected <= set(outs), sorted(outs)
     for path, md5 in outs.items():
         assert in_remote(remote, md5), f"{path} ({md5}) is not in the remote"

@@ -14,6 +14,9 @@ import torch
 from cifarlab.atomic import atomic_path
 from cifarlab.errors import CifarlabError
 
+#: How to get a good model file back, appended to every error about one.
+REBUILD = "rebuild it with `dvc repro train`, or fetch the committed one with `dvc pull`"
+
 
 def save_model(path: str | Path, model: torch.nn.Module, *, name: str, kwargs: dict, classes: list[str],
                normalize: dict, eval_transforms: list, channels_last: bool, **info) -> None:
@@ -34,7 +37,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
     path = Path(path)
     if not path.is_file():
-        raise CifarlabError(f"{path}: model file missing; run the train stage (dvc repro train)")
+        raise CifarlabError(f"{path}: model file missing; {REBUILD}")
     try:
         payload = safe_torch_load(path)
     except Exception as exc:  # weights_only refuses anything but tensors and containers
@@ -42,12 +45,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         if refused:
             raise CifarlabError(f"{path}: not a cifarlab model file: refused, it holds Python objects other than "
                                 f"tensors (a pickle that could run code); torch.load(weights_only=True) rejected "
-                                f"it and nothing in it was run ({detail})") from None
-        raise CifarlabError(f"{path}: not a cifarlab model file ({detail})") from None
+                                f"it and nothing in it was run ({detail}); {REBUILD}") from None
+        raise CifarlabError(f"{path}: not a cifarlab model file ({detail}); {REBUILD}") from None
     if not isinstance(payload, dict) or payload.get("format") != "cifarlab.model/1":
-        raise CifarlabError(f"{path}: not a cifarlab model file (no 'format: cifarlab.model/1')")
+        raise CifarlabError(f"{path}: not a cifarlab model file (no 'format: cifarlab.model/1'); {REBUILD}")
+    missing = [k for k in ("model", "name", "kwargs", "classes", "normalize", "eval_transforms") if k not in payload]
+    if missing:
+        raise CifarlabError(f"{path}: damaged cifarlab model file (no {', '.join(missing)}); {REBUILD}")
     model = build_model(payload["name"], payload["kwargs"], num_classes=len(payload["classes"]))
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError) as exc:  # tensors missing, renamed or of the wrong shape: a damaged file
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:160]  # past the header
+        raise CifarlabError(f"{path}: damaged cifarlab model file, its weights do not fit "
+                            f"{payload['name']} ({detail}); {REBUILD}") from None
     if payload.get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     model.to(device).eval()

@@ -1,15 +1,29 @@
 """The `cifarlab` command: the steps that are not pipeline stages.
 
 `get-archive` runs before `dvc repro` (DVC stops when a dependency is missing); `predict`
-classifies pictures with a trained model. Each subcommand imports only what it needs.
+and `export` use a trained model; `tensorboard-gather` compares experiments. Each
+subcommand imports only what it needs, so `cifarlab --help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from cifarlab.errors import CifarlabError
+
+DESCRIPTION = """\
+cifarlab trains CIFAR-10 image classifiers with a DVC pipeline: `dvc repro` builds the data,
+trains, evaluates and exports the model; `dvc exp run -S key=value` runs an experiment.
+This command does what happens around the pipeline. `cifarlab COMMAND --help` explains
+a command; the README has the whole workflow."""
+
+EPILOG = """\
+examples:
+  cifarlab get-archive --from ~/Downloads/cifar-10-python.tar.gz
+  cifarlab predict photo.jpg --top-k 3 --json
+  cifarlab export --out model.onnx"""
 
 
 def _get_archive(args) -> None:
@@ -30,11 +44,31 @@ def _get_archive(args) -> None:
             print(f"params.yaml: data.md5 set to {new or 'null'}")
 
 
-def _predict(args) -> None:
-    from cifarlab.predict import predict_files
+def _predict(args) -> int:
+    """One line per file, in order; a file that fails is reported and the rest still run.
 
-    for path, top in predict_files(args.model, args.images, args.top_k, args.device):
-        print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top))
+    Exit status: 0 when every file was classified, 1 when any file (or the model) failed.
+    """
+    from cifarlab.predict import predict_each
+
+    failed = 0
+    for path, top, error in predict_each(args.model, args.images, args.top_k, args.device):
+        if args.json:
+            record = {"path": path, "error": error} if error else {
+                "path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in top]}
+            print(json.dumps(record), flush=True)
+        elif error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        else:
+            print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top), flush=True)
+        failed += error is not None
+    return 1 if failed else 0
+
+
+def _export(args) -> None:
+    from cifarlab.pipeline.export import export_onnx
+
+    export_onnx(Path(args.model), Path(args.out))
 
 
 def _tensorboard_gather(args) -> None:
@@ -45,21 +79,62 @@ def _tensorboard_gather(args) -> None:
         remove_stale(Path(args.out), list(done))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="cifarlab", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def version() -> str:
+    """The installed package's version (pyproject.toml's), or a note when run from a bare source tree."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
 
-    g = sub.add_parser("get-archive", help="download or copy the CIFAR-10 archive into place and `dvc add` it",
+    try:
+        return dist_version("cifarlab")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="cifarlab", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cifarlab {version()}",
+                        help="print cifarlab's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+
+    g = sub.add_parser("get-archive", help="put the CIFAR-10 archive in place (download or copy, then `dvc add`) "
+                       "before the first `dvc repro`",
                        description="Online: download fetch.url and check data.md5. Offline: --from a local copy.")
     g.add_argument("--from", dest="source", help="copy this archive instead of downloading")
     g.add_argument("--md5", help="expect this md5 instead of data.md5 ('null' skips the check) and write it to params.yaml")
     g.add_argument("--set-md5", action="store_true",
                    help="write the archive's actual md5 to params.yaml data.md5 (for a non-official archive you trust)")
     g.add_argument("--no-dvc", action="store_true", help="do not run `dvc add` on it")
-    g.add_argument("--params", default="params.yaml")
+    g.add_argument("--params", default="params.yaml",
+                   help="the params file holding data.archive, data.md5 and fetch.url (default: params.yaml)")
     g.set_defaults(func=_get_archive)
 
-    t = sub.add_parser("tensorboard-gather", help="copy DVC experiments' TensorBoard runs into one folder to compare",
+    pr = sub.add_parser("predict", help="classify your own pictures (any size) with a trained model",
+                        description="Classify image files (any size or mode: converted to RGB, resized and "
+                        "centre-cropped to 32x32, then the model's own evaluation transforms). One line per "
+                        "file, in order; an unreadable file is reported and the others still run. Exit status: "
+                        "0 when every file was classified, 1 when any file or the model failed.")
+    pr.add_argument("images", nargs="+", help="image files (PNG, JPEG, anything Pillow reads)")
+    pr.add_argument("--model", default="models/model.pt", help="a model file from the train stage (default: %(default)s)")
+    pr.add_argument("--top-k", type=int, default=3, help="how many classes to show per file, most likely first "
+                    "(default: %(default)s)")
+    pr.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, mps (default: %(default)s)")
+    pr.add_argument("--json", action="store_true",
+                    help='one JSON object per line and file: {"path", "top_k": [{"class", "probability"}]}, '
+                    'or {"path", "error"} for a file that failed')
+    pr.set_defaults(func=_predict)
+
+    ex = sub.add_parser("export", help="write a trained model as one ONNX file, for use without PyTorch",
+                        description="Export a model file to ONNX (opset 18, weights inside the one file): input "
+                        "`images`, uint8 RGB NCHW [batch, 3, 32, 32]; output `logits` [batch, classes]; the "
+                        "model's normalization is inside the graph and the class names are in its metadata. "
+                        "The file is checked against PyTorch with onnxruntime before it is written. The "
+                        "pipeline's export stage does the same and adds a model card (export/MODEL_CARD.md).")
+    ex.add_argument("--model", default="models/model.pt", help="a model file from the train stage (default: %(default)s)")
+    ex.add_argument("--out", required=True, help="the .onnx file to write (replaced atomically)")
+    ex.set_defaults(func=_export)
+
+    t = sub.add_parser("tensorboard-gather",
+                       help="collect the TensorBoard runs of DVC experiments into one folder to compare them",
                        description="Copy reports/tensorboard/{train,visualize} of each experiment (through DVC: "
                        "from the cache or remote, nothing is checked out) to OUT/<experiment>/{train,visualize}; "
                        "then `tensorboard --logdir OUT` shows them side by side with their hparams.")
@@ -71,21 +146,12 @@ def main(argv=None) -> int:
     t.add_argument("--clean", action="store_true", help="also delete folders under OUT of experiments not gathered now")
     t.set_defaults(func=_tensorboard_gather)
 
-    pr = sub.add_parser("predict", help="the top-k classes of pictures of any size, with a trained model",
-                        description="Classify image files (any size or mode: converted to 32x32 RGB).")
-    pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--model", default="models/model.pt", help="a model file from the train stage")
-    pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--device", default="cpu")
-    pr.set_defaults(func=_predict)
-
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except CifarlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

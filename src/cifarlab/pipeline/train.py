@@ -157,6 +157,7 @@ class Setup:
     stats: dict
     summary: str
     fingerprint: str
+    device: str  # where it trains, for people: timing.json and the model card
 
 
 @dataclass
@@ -180,7 +181,7 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         if progress.start_epoch == 0:
             writer.start(s.model, params, s.summary)
         if progress.history:  # resumed: the live files show where training stands at once
-            write_live(paths, progress, complete=False)
+            write_live(paths, progress, complete=False, device=s.device)
     run_epochs(params, s, progress, ckpt=ckpt, writer=writer, paths=paths, dist=dist, log=log)
     result = {"history": progress.history, "best": progress.best}
     if dist.main:
@@ -244,7 +245,8 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
                  scheduler=build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src)),
                  scaler=runtime.scaler(), closure=needs_closure(optimizer), runtime=runtime, train_src=train_src,
                  valid_src=valid_src, ncrops=ncrops, classes=classes, stats=stats,
-                 summary=summarize(model) if dist.main else "", fingerprint=fp)
+                 summary=summarize(model) if dist.main else "", fingerprint=fp,
+                 device=describe_device(runtime, dist.world))
 
 
 def resume(ckpt: CheckpointDir, s: Setup, log) -> Progress:
@@ -299,12 +301,27 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
                        "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "epoch": epoch,
                        "history": progress.history, "best": progress.best, "rng": {"torch": torch.get_rng_state()},
                        "fingerprint": s.fingerprint, "tensorboard": writer.snapshot()})
-            write_live(paths, progress, complete=False)
+            write_live(paths, progress, complete=False, device=s.device)
         # logged once the checkpoint is on disk: "epoch N/" means epoch N survives a kill
         log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
             f"{va['loss']:.4f} acc {va['acc']:.4f} | lr {lrs[0]:.3g} | {tr['seconds']:.1f} s, "
             f"{row['images_per_second']:.0f} img/s")
 
+
+def describe_device(runtime, world: int = 1) -> str:
+    """Where training ran, for people (the model card): 'cuda:0 (NVIDIA H200), bf16 autocast'."""
+    dev = runtime.device
+    text = str(dev)
+    if dev.type == "cuda":
+        text += f" ({torch.cuda.get_device_name(dev)})"
+    elif dev.type == "cpu":
+        threads = torch.get_num_threads()
+        text += f" ({threads} thread{'s' if threads != 1 else ''})"
+    if world > 1:
+        text += f", {world} processes"
+    if runtime.amp_dtype is not None:
+        text += f", {str(runtime.amp_dtype).removeprefix('torch.')} autocast"
+    return text
 
 def headline(progress: Progress, complete: bool) -> dict:
     """reports/train/metrics.json: the few numbers `dvc exp show` compares, named by where they come from.
@@ -317,7 +334,7 @@ def headline(progress: Progress, complete: bool) -> dict:
             "valid": {"best_acc": round(progress.best["acc"], 6), "best_epoch": progress.best["epoch"]}}
 
 
-def write_live(paths: Paths, progress: Progress, complete: bool) -> None:
+def write_live(paths: Paths, progress: Progress, complete: bool, device: str = "") -> None:
     """history.csv, metrics.json and timing.json as they stand: what `dvc exp show` and DVC's
     VS Code extension read while the stage runs. Each file is replaced atomically."""
     history = progress.history
@@ -332,7 +349,8 @@ def write_live(paths: Paths, progress: Progress, complete: bool) -> None:
     # timings vary run to run: kept apart so identical runs give identical metrics
     write_json(paths.reports / "timing.json", {
         "train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
-        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1)})
+        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
+        **({"device": device} if device else {})})
 
 
 def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) -> dict:
@@ -349,7 +367,7 @@ def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) ->
         if best["state"] is not None:
             s.model.load_state_dict(best["state"])
         save_model(tmp / "model.pt", s.model, epoch=best["epoch"], valid_acc=best["acc"], **info)
-    write_live(paths, progress, complete=True)
+    write_live(paths, progress, complete=True, device=s.device)
     write_text(paths.reports / "summary.txt", s.summary + "\n")
     return {"best_valid_acc": best["acc"], "best_epoch": best["epoch"], "final_train_loss": history[-1]["train_loss"],
             "final_valid_acc": history[-1]["valid_acc"], "epochs": len(history)}
