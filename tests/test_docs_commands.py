@@ -139,7 +139,8 @@ def commands(text: str) -> list[str]:
         candidate = "\n".join(acc)
         if candidate.endswith("\\"):
             continue
-        if subprocess.run(["bash", "-n", "-c", candidate], capture_output=True).returncode == 0:
+        check = subprocess.run(["bash", "-n", "-c", candidate], capture_output=True, text=True)
+        if check.returncode == 0 and "here-document" not in check.stderr:  # an open <<EOF is not complete
             out.append(candidate)
             acc = []
     if acc:
@@ -151,8 +152,14 @@ def key(command: str) -> str:
     return " ".join(command.split())
 
 
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1[^\n]*\n.*?^\s*\2\s*$", re.S | re.M)
+
+
 def code_parts(command: str) -> tuple[str, str]:
-    """(the command without its comments, the same with quoted text blanked out)."""
+    """(the command without its comments, the same with quoted text blanked out).
+
+    A here-document's body is a program's input (Python, say), not shell: it is left out."""
+    command = _HEREDOC.sub(lambda m: m.group(0).split("\n", 1)[0], command)
     code, unquoted, quote, prev = [], [], None, " "
     i = 0
     while i < len(command):
@@ -207,6 +214,16 @@ def test_bash_blocks_hold_runnable_commands_only():
     bad = [f"{b.doc}:{b.line}: {c.splitlines()[0]!r}: {', '.join(p)}"
            for b, c in all_commands() if (p := lint(c))]
     assert not bad, "not runnable as typed (use a ```text block, or a real value):\n" + "\n".join(bad)
+
+
+def test_a_here_document_stays_one_command():
+    assert commands("python - <<'EOF'\nimport json\nprint(1)\nEOF\nls") == [
+        "python - <<'EOF'\nimport json\nprint(1)\nEOF", "ls"]
+
+
+def test_lint_leaves_here_documents_alone():
+    assert not lint("python - <<'EOF'\nx = a[None]\nprint(x / 2)\nEOF")
+    assert lint("python - <<'EOF'\nx = 1\nEOF\ndvc exp apply <exp>")
 
 
 def test_lint_catches_the_offending_forms():
