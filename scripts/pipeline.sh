@@ -18,3 +18,8 @@ elif [ ! -f data/cifar-10-python.tar.gz ]; then
 fi
 dvc repro
 dvc metrics show 2>/dev/null || true
+if ! git ls-files --error-unmatch dvc.lock >/dev/null 2>&1; then
+  echo "pipeline: dvc.lock was never committed. Commit this run as the baseline that experiments"
+  echo "          are compared with (dvc exp show, dvc metrics diff):"
+  echo '          git add -A && git commit -m "Baseline: the default params"'
+fi

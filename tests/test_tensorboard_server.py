@@ -118,8 +118,8 @@ def server(tmp_path_factory):
 
 def test_runs_and_plugins(server):
     runs = server.json("/data/runs")
-    assert {"train", "visualize", "train/loss_train", "train/loss_valid"} <= set(runs)
-    wanted = {"scalars", "images", "histograms", "distributions", "graphs", "pr_curves", "text", "hparams",
+    assert set(runs) == {"train", "visualize"}  # one run per stage: no run per curve
+    wanted = {"custom_scalars", "scalars", "images", "histograms", "distributions", "graphs", "pr_curves", "text", "hparams",
               "projector"}
     listing = server.wait_until(  # the projector looks for its config in the background
         lambda: (lambda d: d if all(d.get(p, {}).get("enabled") for p in wanted) else None)(
@@ -129,12 +129,18 @@ def test_runs_and_plugins(server):
 
 def test_scalars_come_from_the_train_run(server):
     tags = server.json("/data/plugin/scalars/tags")
-    assert "learning_rate/group_0" in tags["train"] and "loss" in tags["train/loss_valid"]
+    assert {"learning_rate/group_0", "loss/train", "loss/valid", "accuracy/valid"} <= set(tags["train"])
     assert "visualize" not in tags  # visualize logs no curves: they are the train run's
     lrs = server.json("/data/plugin/scalars/scalars", run="train", tag="learning_rate/group_0")
     assert [(step, round(v, 6)) for _, step, v in lrs] == [(1, 0.05), (2, 0.025)]
-    loss = server.json("/data/plugin/scalars/scalars", run="train/loss_valid", tag="loss")
+    loss = server.json("/data/plugin/scalars/scalars", run="train", tag="loss/valid")
     assert [round(v, 4) for *_, v in loss] == [2.1, 1.05]
+
+
+def test_train_and_valid_share_a_chart_through_the_custom_scalars_layout(server):
+    layout = server.json("/data/plugin/custom_scalars/layout")
+    charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
+    assert charts == {"loss": ["loss/train", "loss/valid"], "accuracy": ["accuracy/train", "accuracy/valid"]}
 
 
 def test_histograms_of_weights_and_gradients(server):

@@ -1,6 +1,6 @@
 """Datasets over the txt indexes: the tutorial's per-image MyDataset and the in-memory one.
 
-`IndexDataset` is the tutorial's MyDataset (chapter 1.5): one `path label` line per image,
+`IndexDataset` is the tutorial's MyDataset (chapter 1.3): one `path label` line per image,
 opened with PIL on every access, an optional transform. It is kept for the tutorial's
 per-image path (`augment.backend: pil`) and for transforms that need PIL images.
 

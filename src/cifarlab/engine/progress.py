@@ -46,10 +46,12 @@ class EpochBar:
             return
         self.loss_sum += float(loss) * images  # the one sync, a few times a second
         self.loss_images += images
+        last = step + 1 >= self.bar.total
         self.bar.update(step + 1 - self.done)
         self.done = step + 1
+        # the last step always shows, so even an epoch shorter than `interval` draws its numbers
         self.bar.set_postfix_str(f"{self.images / max(now - self.start, 1e-9):.0f} img/s, "
-                                 f"loss {self.loss_sum / self.loss_images:.4f}", refresh=False)
+                                 f"loss {self.loss_sum / self.loss_images:.4f}", refresh=last)
         self.last = now
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """The train stage's TensorBoard run (tutorial chapter 4): curves, learning rate, histograms.
 
-Loss and accuracy go in one chart each with train and valid side by side (add_scalars),
-the learning rate per parameter group, and a histogram of every parameter and its gradient
+Loss and accuracy are scalars `loss/train`, `loss/valid`, `accuracy/...` of this one run,
+drawn train beside valid in one chart each by a custom-scalars layout (add_scalars would
+make every series a run of its own and clutter the run list), the learning rate per
+parameter group, and a histogram of every parameter and its gradient
 per epoch. The run directory is this stage's alone; visualize writes its own beside it.
 Event files are snapshotted into the checkpoint each epoch, so a resumed run keeps the
 epochs it logged before it was interrupted (DVC empties the output before a rerun).
@@ -20,6 +22,10 @@ from torch.utils.tensorboard import SummaryWriter
 #: summary API defaults to 30 buckets).
 HISTOGRAM_BINS = 64
 
+#: TensorBoard's Custom Scalars tab: train and valid in one chart, from one run
+LAYOUT = {"training": {"loss": ["Multiline", ["loss/train", "loss/valid"]],
+                       "accuracy": ["Multiline", ["accuracy/train", "accuracy/valid"]]}}
+
 
 class TrainLogger:
     def __init__(self, logdir: Path, restore: dict[str, bytes] | None = None, histograms: bool = True):
@@ -34,6 +40,7 @@ class TrainLogger:
         self.histograms = histograms
 
     def start(self, model, params, summary: str) -> None:
+        self.writer.add_custom_scalars(LAYOUT)
         text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
         self.writer.add_text("params", "```\n" + text + "\n```", 0)
         self.writer.add_text("model/summary", "```\n" + summary + "\n```", 0)
@@ -41,8 +48,9 @@ class TrainLogger:
     def epoch(self, model, row: dict, lrs: list[float]) -> None:
         e = row["epoch"]
         w = self.writer
-        w.add_scalars("loss", {"train": row["train_loss"], "valid": row["valid_loss"]}, e)
-        w.add_scalars("accuracy", {"train": row["train_acc"], "valid": row["valid_acc"]}, e)
+        for split in ("train", "valid"):
+            w.add_scalar(f"loss/{split}", row[f"{split}_loss"], e)
+            w.add_scalar(f"accuracy/{split}", row[f"{split}_acc"], e)
         for i, lr in enumerate(lrs):
             w.add_scalar(f"learning_rate/group_{i}", lr, e)
         w.add_scalar("speed/images_per_second", row["images_per_second"], e)

@@ -1,4 +1,4 @@
-"""Chapter 1.4: the per-channel mean and std of the training images, for Normalize.
+"""Stage stats (tutorial 1.5): the per-channel mean and std of the training images, for Normalize.
 
 The tutorial estimated them on a random 2,000-image sample by concatenating arrays, which
 is quadratic in time and grows memory with the data. Here every training image counts,

@@ -222,7 +222,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
                           runtime.device, amp_dtype=runtime.amp_dtype, extra_bytes=on_device,
                           processes=dist.world if runtime.device.type == "cpu" else 1)
     model.to(runtime.device)
-    common = dict(backend=params.augment.backend, stats=stats, runtime=runtime, seed=params.seed,
+    common: dict[str, Any] = dict(backend=params.augment.backend, stats=stats, runtime=runtime, seed=params.seed,
                   num_workers=params.runtime.num_workers, log=log)
     train_src = make_source(params.augment.train, "augment.train", images=train_x, labels=train_y,
                             index=paths.train_index, batch_size=tp.batch_size, shuffle=True, dist=dist, **common)
@@ -360,7 +360,7 @@ def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) ->
     # identical runs must write identical model files
     curves = [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
               for row in history]
-    info = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
+    info: dict[str, Any] = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
                 eval_transforms=params.augment.eval, channels_last=params.model.channels_last, history=curves)
     with atomic_dir(paths.models) as tmp:
         save_model(tmp / "last.pt", s.model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
