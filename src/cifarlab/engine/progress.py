@@ -9,6 +9,7 @@ per epoch instead. `CIFARLAB_PROGRESS=0` or `1` overrides the TTY check.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from typing import Optional, TextIO
@@ -30,8 +31,11 @@ class EpochBar:
 
     def __init__(self, epoch: int, epochs: int, steps: int, *, stream: TextIO = sys.stderr,
                  interval: float = 0.25):
+        # the terminal's size once per epoch: one reporting 0 x 0 (a fresh pseudo-terminal, some
+        # CI consoles) gets shutil's fallback, since tqdm draws nothing at all with 0 rows
+        size = shutil.get_terminal_size((100, 20))
         self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=stream,
-                        leave=False, dynamic_ncols=True, mininterval=interval)
+                        leave=False, ncols=size.columns, nrows=size.lines, mininterval=interval)
         self.interval = interval
         self.start = self.last = time.perf_counter()
         self.images = 0
