@@ -272,8 +272,8 @@ def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[s
                                                edgecolor="white", linewidth=1.5))
     for ax in axes.flat:
         ax.axis("off")
-    _suptitle(fig, f"{layer}: " + ", ".join(name for name, _, _ in columns)
-              + (f" (boxes: largest region above {BOX_FRACTION:.0%} of the peak)" if boxes else ""))
+    _suptitle(fig, f"{layer}\n" + ", ".join(name for name, _, _ in columns)
+              + (f"\nboxes: the largest region above {BOX_FRACTION:.0%} of each map's peak" if boxes else ""))
     return fig
 
 
