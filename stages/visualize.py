@@ -14,9 +14,10 @@ from cifarlab.stage import parser, stage
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--model", required=True, help="the model file from the train stage")
-    p.add_argument("--index", required=True, help="the index folder (train.txt for the input grid, test.txt)")
+    p.add_argument("--index", required=True, help="the index folder (train.txt, valid.txt, test.txt)")
     p.add_argument("--stats", required=True, help="normalize.json, for augment.train's Normalize")
     p.add_argument("--report", required=True, help="the evaluate stage's report.json")
+    p.add_argument("--layers", help="the train stage's layers.csv (per-layer diagnostics), drawn as a heat map")
     p.add_argument("--figures", required=True, help="output folder for the pictures")
     p.add_argument("--tensorboard", required=True, help="output folder for the TensorBoard run")
     args = p.parse_args(argv)
@@ -28,7 +29,8 @@ def main(argv=None):
     run_visualize(params, VizPaths(
         model=Path(args.model), train_index=index / "train.txt", test_index=index / "test.txt",
         stats=Path(args.stats), report=Path(args.report), figures=Path(args.figures),
-        tensorboard=Path(args.tensorboard)))
+        tensorboard=Path(args.tensorboard), valid_index=index / "valid.txt",
+        layers=Path(args.layers) if args.layers else None))
 
 
 if __name__ == "__main__":

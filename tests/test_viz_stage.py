@@ -18,6 +18,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cifarlab.artifact import save_model
+from cifarlab.engine.diagnostics import LayerDiagnostics, layers_csv
 from cifarlab.errors import ParamsError
 from cifarlab.pipeline.evaluate import classification_report
 from cifarlab.models.registry import build_model
@@ -39,7 +40,8 @@ def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3
                    eval_transforms=None, channels_last: bool = False) -> VizPaths:
     """Everything the stage reads, in the pipeline's formats, under `root`."""
     rng = np.random.default_rng(0)
-    for split, n in zip(("train", "test"), per_class):
+    # the validation split has as many images as the training one
+    for split, n in zip(("train", "valid", "test"), (per_class[0], *per_class)):
         lines = []
         for label, cls in enumerate(CLASSES):
             folder = root / "data/split" / split / cls
@@ -58,6 +60,12 @@ def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3
     save_model(root / "models/model.pt", model, name=model_name, kwargs={}, classes=CLASSES, normalize=STATS,
                eval_transforms=eval_transforms or [{"Normalize": {}}], channels_last=channels_last, epoch=epochs,
                history=rows)
+    # the train stage's per-layer diagnostics, measured on this model as the train stage does
+    diag = LayerDiagnostics(model, torch.nn.CrossEntropyLoss(), (torch.randn(8, 3, 32, 32), torch.arange(8)))
+    for e in range(epochs + 1):
+        diag.measure(e)
+    (root / "reports/train").mkdir(parents=True)
+    (root / "reports/train/layers.csv").write_text(layers_csv(diag.rows))
     logits = torch.randn(30, 10, generator=torch.Generator().manual_seed(1))
     report, cm = classification_report(logits, torch.arange(30) % 10, CLASSES)
     report["confusion"] = {"classes": CLASSES, "counts": cm.tolist()}
@@ -66,7 +74,8 @@ def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3
     return VizPaths(model=root / "models/model.pt", train_index=root / "data/index/train.txt",
                     test_index=root / "data/index/test.txt", stats=root / "data/stats/normalize.json",
                     report=root / "reports/eval/report.json", figures=root / "reports/figures",
-                    tensorboard=root / "reports/tensorboard/visualize", root=root)
+                    tensorboard=root / "reports/tensorboard/visualize", root=root,
+                    layers=root / "reports/train/layers.csv")
 
 
 def params_with(**visualize):
@@ -112,7 +121,10 @@ def test_tensorboard_run_has_every_kind_of_record(net_run):
     tags = acc.Tags()
     assert {"inputs/augmented_train", "kernels/conv1", "kernels/conv1/per_channel", "feature_maps/conv1",
             "feature_maps/conv2", "figures/confusion_matrix", "figures/per_class", "figures/training_curves",
-            "figures/grad_cam", "figures/feature_maps", "figures/weights", "figures/gradients"} <= set(tags["images"])
+            "figures/grad_cam", "figures/feature_maps", "figures/weights", "figures/gradients",
+            "figures/activation_maps", "figures/confusion_splits", "figures/layers",
+            "feature_maps/conv1/before_activation", "feature_maps/conv1/after_activation",
+            "grad_cam/boxes/0"} <= set(tags["images"])
     image = acc.Images("inputs/augmented_train")[0]
     assert image.step == 2  # the model's epoch
     with Image.open(io.BytesIO(image.encoded_image_string)) as im:
@@ -126,7 +138,7 @@ def test_tensorboard_run_has_every_kind_of_record(net_run):
     curve = torch.tensor(np.array(acc.Tensors("pr_curve/cat")[0].tensor_proto.float_val)).reshape(6, -1)
     assert curve[0, 0] + curve[1, 0] == 30  # true + false positives at threshold 0: every test image
     assert set(acc.PluginTagToContent("text")) == {"params/text_summary", "model/summary/text_summary",
-                                                    "visualize/layers/text_summary"}
+                                                    "visualize/layers/text_summary", "gradients/layers/text_summary"}
     assert acc.Graph() is not None and len(acc.Graph().node) > 5
 
 

@@ -265,6 +265,11 @@ class TrainParams(_Strict):
     nproc: int = Field(1, ge=1)
     compile: bool = False
     histograms: bool = True
+    #: per-layer activation std and gradient norm on a fixed validation batch, at step 0 and
+    #: after every epoch (TensorBoard `layers/*`, reports/train/layers.csv); never changes the training
+    diagnostics: bool = True
+    #: train loss and learning rate in TensorBoard every this many steps (`step/*`); 0: off
+    log_every_steps: int = Field(50, ge=0)
 
     _device = field_validator("device")(lambda cls, v: _check_device(v))
 

@@ -27,6 +27,39 @@ LAYOUT = {"training": {"loss": ["Multiline", ["loss/train", "loss/valid"]],
                        "accuracy": ["Multiline", ["accuracy/train", "accuracy/valid"]]}}
 
 
+class StepLogger:
+    """`on_step(step, images, loss)` for `train_one_epoch`: the train loss and every group's
+    learning rate every `every` steps, at the global step (epoch * steps_per_epoch + step).
+
+    Reading the loss is a device sync, so it happens on those steps only; the others cost one
+    modulo. The learning rate is read after the step, as the scheduler has set it for the next.
+    """
+
+    def __init__(self, writer: SummaryWriter, optimizer, *, every: int, epoch: int, steps_per_epoch: int):
+        self.writer, self.optimizer, self.every = writer, optimizer, every
+        self.base = epoch * steps_per_epoch
+
+    def __call__(self, step: int, images: int, loss) -> None:
+        if (step + 1) % self.every:
+            return
+        at = self.base + step + 1
+        self.writer.add_scalar("step/train_loss", float(loss), at)
+        for i, group in enumerate(self.optimizer.param_groups):
+            self.writer.add_scalar(f"step/learning_rate/group_{i}", group["lr"], at)
+
+
+def chain(*callbacks):
+    """One `on_step` callback from several (None ones left out); None when there are none."""
+    live = [c for c in callbacks if c is not None]
+    if len(live) <= 1:
+        return live[0] if live else None
+
+    def on_step(step, images, loss):
+        for c in live:
+            c(step, images, loss)
+    return on_step
+
+
 class TrainLogger:
     def __init__(self, logdir: Path, restore: dict[str, bytes] | None = None, histograms: bool = True):
         self.logdir = Path(logdir)
@@ -38,6 +71,12 @@ class TrainLogger:
             path.write_bytes(data)
         self.writer = SummaryWriter(str(self.logdir))
         self.histograms = histograms
+
+    def steps(self, optimizer, *, every: int, epoch: int, steps_per_epoch: int):
+        """The per-step logger of one epoch, or None when `every` is 0."""
+        if every <= 0:
+            return None
+        return StepLogger(self.writer, optimizer, every=every, epoch=epoch, steps_per_epoch=steps_per_epoch)
 
     def start(self, model, params, summary: str) -> None:
         self.writer.add_custom_scalars(LAYOUT)
@@ -61,6 +100,13 @@ class TrainLogger:
                     w.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), e,
                                     bins=HISTOGRAM_BINS)
         w.flush()
+
+    def layers(self, rows: list[dict], epoch: int) -> None:
+        """Per-layer diagnostics (engine/diagnostics.py) at `epoch` (0: before the first step)."""
+        for r in rows:
+            self.writer.add_scalar(f"layers/activation_std/{r['depth']:02d}_{r['layer']}", r["activation_std"], epoch)
+            self.writer.add_scalar(f"layers/gradient_norm/{r['depth']:02d}_{r['layer']}", r["gradient_norm"], epoch)
+        self.writer.flush()
 
     def snapshot(self) -> dict[str, bytes]:
         self.writer.flush()

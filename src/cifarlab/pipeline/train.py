@@ -32,7 +32,8 @@ from cifarlab.engine.loop import Dist, _prepare, evaluate, train_one_epoch
 from cifarlab.engine.sources import make_source
 from cifarlab.engine.memory import check_training_memory
 from cifarlab.engine.progress import epoch_bar
-from cifarlab.engine.tensorboard import TrainLogger
+from cifarlab.engine.diagnostics import LayerDiagnostics, fixed_batch, layers_csv, rng_kept
+from cifarlab.engine.tensorboard import TrainLogger, chain
 from cifarlab.artifact import save_model
 from cifarlab.augment.transforms import check_transforms, is_multicrop
 from cifarlab.models.registry import check_model, create_model
@@ -168,6 +169,7 @@ class Progress:
     best: dict = field(default_factory=lambda: {"acc": -1.0, "epoch": -1, "state": None})
     start_epoch: int = 0
     tensorboard: dict = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)  # per-layer diagnostics rows (train.diagnostics)
 
 
 def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
@@ -182,7 +184,15 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
             writer.start(s.model, params, s.summary)
         if progress.history:  # resumed: the live files show where training stands at once
             write_live(paths, progress, complete=False, device=s.device)
-    run_epochs(params, s, progress, ckpt=ckpt, writer=writer, paths=paths, dist=dist, log=log)
+    diag = None
+    if dist.main and params.train.diagnostics:
+        with rng_kept(s.runtime.device):
+            batch = fixed_batch(s.valid_src)
+        diag = LayerDiagnostics(s.model, s.loss_fn, batch, rows=progress.layers)
+        if progress.start_epoch == 0:  # step 0: the initialization's own scale, before any update
+            writer.layers(diag.measure(0), 0)
+            progress.layers = diag.rows
+    run_epochs(params, s, progress, ckpt=ckpt, writer=writer, paths=paths, dist=dist, log=log, diag=diag)
     result = {"history": progress.history, "best": progress.best}
     if dist.main:
         hp_metrics = write_outputs(params, paths, s, progress)
@@ -259,13 +269,13 @@ def resume(ckpt: CheckpointDir, s: Setup, log) -> Progress:
     s.scheduler.load_state_dict(state["scheduler"])
     s.scaler.load_state_dict(state["scaler"])
     progress = Progress(history=state["history"], best=state["best"], start_epoch=state["epoch"] + 1,
-                        tensorboard=state.get("tensorboard", {}))
+                        tensorboard=state.get("tensorboard", {}), layers=state.get("layers", []))
     log(f"train: resuming from the checkpoint of epoch {progress.start_epoch} ({ckpt.path})")
     return progress
 
 
 def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: CheckpointDir, writer, paths: Paths,
-               dist: Dist, log) -> None:
+               dist: Dist, log, diag: LayerDiagnostics | None = None) -> None:
     """Train and validate each remaining epoch; after each, checkpoint and rewrite the live outputs."""
     tp = params.train
     clock = time.perf_counter()
@@ -273,9 +283,12 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
     for epoch in range(progress.start_epoch, tp.epochs):
         seed_everything(params.seed * 1_000_003 + epoch)  # dropout and per-sample transforms, resumable
         bar = epoch_bar(epoch, tp.epochs, len(s.train_src)) if dist.main else None
+        steps = writer.steps(s.optimizer, every=tp.log_every_steps, epoch=epoch,
+                             steps_per_epoch=len(s.train_src)) if dist.main else None
         try:
             tr = train_one_epoch(s.train_model, s.loss_fn, s.optimizer, s.train_src, epoch=epoch, runtime=s.runtime,
-                                 scheduler=s.scheduler, scaler=s.scaler, needs_closure=s.closure, on_step=bar)
+                                 scheduler=s.scheduler, scaler=s.scaler, needs_closure=s.closure,
+                                 on_step=chain(bar, steps))
         finally:
             if bar is not None:
                 bar.close()
@@ -295,12 +308,15 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
         if va["acc"] > progress.best["acc"]:
             progress.best = {"acc": va["acc"], "epoch": epoch + 1,
                              "state": {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}}
+        if diag is not None:
+            writer.layers(diag.measure(epoch + 1), epoch + 1)
+            progress.layers = diag.rows
         if dist.main:
             writer.epoch(s.model, row, lrs)
             ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
                        "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "epoch": epoch,
                        "history": progress.history, "best": progress.best, "rng": {"torch": torch.get_rng_state()},
-                       "fingerprint": s.fingerprint, "tensorboard": writer.snapshot()})
+                       "fingerprint": s.fingerprint, "tensorboard": writer.snapshot(), "layers": progress.layers})
             write_live(paths, progress, complete=False, device=s.device)
         # logged once the checkpoint is on disk: "epoch N/" means epoch N survives a kill
         log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
@@ -346,6 +362,8 @@ def write_live(paths: Paths, progress: Progress, complete: bool, device: str = "
     paths.reports.mkdir(parents=True, exist_ok=True)
     write_text(paths.reports / "history.csv", buf.getvalue())
     write_json(paths.reports / "metrics.json", headline(progress, complete))
+    # always written (a header alone when train.diagnostics is off): dvc.yaml declares it
+    write_text(paths.reports / "layers.csv", layers_csv(progress.layers))
     # timings vary run to run: kept apart so identical runs give identical metrics
     write_json(paths.reports / "timing.json", {
         "train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
@@ -356,12 +374,15 @@ def write_live(paths: Paths, progress: Progress, complete: bool, device: str = "
 def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) -> dict:
     """The finished run: both model files, the final live files and the summary; returns the metrics."""
     history, best = progress.history, progress.best
-    # the curves travel with the model (visualize draws them from it), without the clock times:
-    # identical runs must write identical model files
+    # the curves and per-layer diagnostics travel with the model (visualize draws them from it,
+    # one dependency fewer in `dvc exp show`), without the clock times: identical runs must
+    # write identical model files
     curves = [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
               for row in history]
-    info: dict[str, Any] = dict(name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
-                eval_transforms=params.augment.eval, channels_last=params.model.channels_last, history=curves)
+    info: dict[str, Any] = dict(
+        name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
+        eval_transforms=params.augment.eval, channels_last=params.model.channels_last, history=curves,
+        layers=progress.layers)
     with atomic_dir(paths.models) as tmp:
         save_model(tmp / "last.pt", s.model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
         if best["state"] is not None:

@@ -11,11 +11,14 @@ written atomically as a whole: an interrupted run leaves the previous pictures o
 """
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from cifarlab.artifact import load_model
@@ -26,14 +29,15 @@ from cifarlab.errors import CifarlabError
 from cifarlab.models.summary import summarize
 from cifarlab.params import Params
 from cifarlab.engine.device import pick_device, use_all_cores
-from cifarlab.viz import figures, hooks, kernels, layers
+from cifarlab.viz import cam, figures, hooks, kernels, layers
 from cifarlab.viz.inputs import EvalInputs, train_grid_images
 from cifarlab.viz.predictions import choose, predict
 from cifarlab.viz.tb import VisualizeLogger
 
 #: The PNG files this stage writes into reports/figures (dvc.yaml lists them as plots).
 PICTURES = ("training_curves", "confusion_matrix", "per_class", "augmented_inputs", "kernels",
-            "kernels_per_channel", "feature_maps", "weights", "gradients", "grad_cam")
+            "kernels_per_channel", "feature_maps", "weights", "gradients", "grad_cam",
+            "activation_maps", "confusion_splits", "layers")
 
 
 @dataclass
@@ -46,6 +50,12 @@ class VizPaths:
     figures: Path
     tensorboard: Path
     root: Path = Path(".")
+    valid_index: Optional[Path] = None  # default: valid.txt beside test_index
+    layers: Optional[Path] = None  # the train stage's layers.csv (per-layer diagnostics); None: not drawn from data
+
+    def __post_init__(self):
+        if self.valid_index is None:
+            self.valid_index = Path(self.test_index).with_name("valid.txt")
 
 
 @dataclass
@@ -83,17 +93,76 @@ def _read_json(path: Path) -> dict:
         raise CifarlabError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _grad_cam_figure(model, layer: str, x: torch.Tensor, idx: list[int], targets, probs, classes):
-    """Grad-CAM for the predicted class beside the true class (wrong) or the runner-up (right)."""
+def _grad_cam_figure(model, plan: Plan, x: torch.Tensor, idx: list[int], targets, probs, classes, log):
+    """Grad-CAM for the predicted class beside the true class (wrong) or the runner-up (right),
+    and CAM for the predicted class where the net ends in global pooling and a linear layer."""
     p = probs[idx]
     pred, true = p.argmax(1), targets[idx]
     other = torch.where(pred == true, p.topk(2, dim=1).indices[:, 1], true)
     # both targets in one forward and backward pass: the batch twice (eval mode: images independent)
-    cam_pred, cam_other = hooks.grad_cam(model, layer, torch.cat([x, x]), torch.cat([pred, other]))[0].chunk(2)
+    cam_pred, cam_other = hooks.grad_cam(model, plan.gradcam, torch.cat([x, x]), torch.cat([pred, other]))[0].chunk(2)
     pred_titles = [f"predicted {classes[c]} {p[i, c]:.2f}" for i, c in enumerate(pred.tolist())]
     other_titles = [f"{'runner-up' if pred[i] == true[i] else 'true'} {classes[c]} {p[i, c]:.2f}"
                     for i, c in enumerate(other.tolist())]
-    return [("predicted class", cam_pred, pred_titles), ("true class or runner-up", cam_other, other_titles)]
+    columns = [("Grad-CAM, predicted class", cam_pred, pred_titles),
+               ("Grad-CAM, true class or runner-up", cam_other, other_titles)]
+    title = f"Grad-CAM at {plan.gradcam}"
+    maps, how = cam.cam(model, plan.head, x, pred)
+    if maps is None:
+        log(f"visualize: no CAM beside Grad-CAM: {how}")
+    else:
+        columns.append(("CAM, predicted class", maps, [f"CAM {t}" for t in pred_titles]))
+        title += f"; CAM at {how}"
+    return columns, title
+
+
+def _overlay(img: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+    """An image [3, H, W] in 0..1 with a jet-coloured map [H, W] over it."""
+    from matplotlib import colormaps
+
+    colour = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
+    return 0.55 * img.float().cpu() + 0.45 * colour
+
+
+def _confusions(model, inputs: EvalInputs, paths: VizPaths, plan: Plan, *, device, channels_last: bool,
+                batch_size: int, classes: list[str], test_counts) -> dict[str, list[list[int]]]:
+    """Confusion counts of the train and validation splits (eval transforms), and the evaluate stage's test ones."""
+    k = len(classes)
+    out = {}
+    for split, index in (("train", paths.train_index), ("valid", paths.valid_index)):
+        x, y = load_tensors(index, paths.root, k)
+        logits, _ = predict(model, inputs, x, plan.head, batch_size, device, channels_last)
+        out[split] = torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k).tolist()
+    out["test"] = test_counts
+    return out
+
+
+def _layer_rows(path: Optional[Path]) -> list[dict]:
+    if path is None:
+        return []
+    if not Path(path).exists():
+        raise CifarlabError(f"{path}: missing; run `dvc repro train` to write it")
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _boundary_table(rows: list[dict]) -> str:
+    lines = [f"{'layer':<28} {'|dL/d output|':>14} {'|dL/d input|':>14}"]
+    lines += [f"{r['layer']:<28} {r['grad_output_norm']:>14.4g} {r['grad_input_norm']:>14.4g}" for r in rows]
+    return "\n".join(lines)
+
+
+def _log_boxes(tb: VisualizeLogger, images: torch.Tensor, columns) -> None:
+    """Each image under its class map, with a box around the map's largest strong region
+    (`add_image_with_boxes`): Grad-CAM of the predicted class, and CAM where the net has one."""
+    for name, maps, titles in columns:
+        if "predicted" not in name:
+            continue
+        tag = "cam" if name.startswith("CAM") else "grad_cam"
+        for i in range(len(images)):
+            b = cam.box(maps[i], figures.BOX_FRACTION)
+            if b is not None:
+                tb.boxes(f"{tag}/boxes/{i}", _overlay(images[i], maps[i]), b, titles[i])
 
 
 def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
@@ -138,11 +207,16 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
     maps = hooks.feature_maps(model, plan.features, fm_x)
     gc_idx = choose(test_y, preds, plan.classes, vp.gradcam_images, seed + 1, mix=True)
     gc_x = model_input(gc_idx)
-    cams = _grad_cam_figure(model, plan.gradcam, gc_x, gc_idx, test_y, probs, classes)
+    cams, cam_title = _grad_cam_figure(model, plan, gc_x, gc_idx, test_y, probs, classes, log)
+    before, after, act_how = cam.activation_pair(model, plan.kernels, fm_x)
 
     # weights, and the gradients of one test batch (the tutorial's 4.4)
     g_idx = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 2))[:vp.batch_size].tolist()
     grads = hooks.gradients(model, model_input(g_idx), test_y[g_idx].to(device))
+    boundary = cam.boundary_gradients(model, F.cross_entropy, model_input(g_idx), test_y[g_idx].to(device))
+    splits = _confusions(model, inputs, paths, plan, device=device, channels_last=channels_last,
+                         batch_size=vp.batch_size, classes=classes, test_counts=confusion["counts"])
+    layer_rows = meta.get("layers") or _layer_rows(paths.layers)  # the model file carries them
     weights = {n: w.detach().float().cpu() for n, w in model.named_parameters()}
     matrices = {n: w for n, w in weights.items() if w.dim() > 1}
 
@@ -172,7 +246,12 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
             "weights": figures.distributions(matrices, "conv and linear weights"),
             "gradients": figures.distributions({n: grads[n] for n in matrices if n in grads},
                                                "gradients of one test batch", magnitude=True),
-            "grad_cam": figures.grad_cam(inputs.show(gc_x), cams, captions(gc_idx), plan.gradcam),
+            "grad_cam": figures.grad_cam(inputs.show(gc_x), cams, captions(gc_idx), cam_title),
+            "activation_maps": figures.feature_maps(
+                inputs.show(fm_x), {f"{plan.kernels} before": before, f"{plan.kernels} after": after},
+                captions(fm_idx), vp.feature_channels, title=f"before and after the activation: {act_how}"),
+            "confusion_splits": figures.confusion_splits(splits, confusion["classes"]),
+            "layers": figures.layer_heatmaps(layer_rows),
         }
         assert tuple(pictures) == PICTURES
         for name, fig in pictures.items():
@@ -185,9 +264,12 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
         tb.image(f"kernels/{plan.kernels}/per_channel", per_channel)
         for layer, m in maps.items():
             tb.image(f"feature_maps/{layer}", kernels.feature_grid(m[0], 64))
-        for name in ("confusion_matrix", "per_class", "training_curves"):
+        tb.image(f"feature_maps/{plan.kernels}/before_activation", kernels.feature_grid(before[0], 64))
+        tb.image(f"feature_maps/{plan.kernels}/after_activation", kernels.feature_grid(after[0], 64))
+        _log_boxes(tb, inputs.show(gc_x), cams)
+        for name in ("confusion_matrix", "per_class", "training_curves", "confusion_splits", "layers"):
             tb.figure(f"figures/{name}", pictures[name])
-        for name in ("feature_maps", "weights", "gradients", "grad_cam"):  # big: logged as rendered
+        for name in ("feature_maps", "weights", "gradients", "grad_cam", "activation_maps"):  # big: logged as rendered
             tb.png(f"figures/{name}", fig_dir / f"{name}.png")
         why = tb.graph(model, fm_x[:1])
         if why:
@@ -196,7 +278,9 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
         tb.pr_curves(probs, test_y, classes)
         tb.params(params)
         tb.text("model/summary", summary)
-        tb.text("visualize/layers", plan.describe())
+        tb.text("visualize/layers", plan.describe() + f"\nactivation maps: {act_how}")
+        tb.text("gradients/layers", "gradient norms at each layer's output and input (full backward hooks), "
+                "one test batch\n" + _boundary_table(boundary))
         tb.histograms("weights", weights)
         tb.histograms("gradients", grads)
         tb.close()

@@ -21,6 +21,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
+#: A box is drawn around the largest connected region of a class map above this share of its peak.
+BOX_FRACTION = 0.2
 
 
 def save(fig: Figure, path: Path) -> None:
@@ -61,25 +63,65 @@ def training_curves(history: dict[str, list[float]]) -> Figure:
     return fig
 
 
-def confusion_matrix(counts: list[list[int]], classes: list[str]) -> Figure:
-    """Counts in the cells, colours by share of each actual class (rows sum to 1)."""
+def _confusion_axes(fig: Figure, ax, counts, classes: list[str], title: str) -> None:
     cm = np.asarray(counts, dtype=np.int64)
     rows = cm.sum(1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     k = len(classes)
-    size = max(5.0, 0.6 * k + 2)
-    fig = Figure(figsize=(size + 1, size), layout="constrained")
-    ax = fig.subplots()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
     ax.set_xticks(range(k), classes, rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(k), classes)
-    ax.set(xlabel="predicted", ylabel="actual",
-           title=f"confusion matrix: {int(np.trace(cm))} of {int(cm.sum())} right")
+    ax.set(xlabel="predicted", ylabel="actual", title=f"{title}: {int(np.trace(cm))} of {int(cm.sum())} right")
     for i in range(k):
         for j in range(k):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if k <= 12 else 6,
                     color="white" if share[i, j] > 0.5 else "black")
+
+
+def confusion_matrix(counts: list[list[int]], classes: list[str]) -> Figure:
+    """Counts in the cells, colours by share of each actual class (rows sum to 1)."""
+    size = max(5.0, 0.6 * len(classes) + 2)
+    fig = Figure(figsize=(size + 1, size), layout="constrained")
+    _confusion_axes(fig, fig.subplots(), counts, classes, "confusion matrix")
+    return fig
+
+
+def confusion_splits(matrices: dict[str, list[list[int]]], classes: list[str]) -> Figure:
+    """One confusion matrix per split, side by side (train, valid, test): over- or underfitting at a glance."""
+    size = max(5.0, 0.6 * len(classes) + 2)
+    fig = Figure(figsize=((size + 1) * len(matrices), size), layout="constrained")
+    axes = fig.subplots(1, len(matrices), squeeze=False)[0]
+    for ax, (split, counts) in zip(axes, matrices.items()):
+        _confusion_axes(fig, ax, counts, classes, split)
+    return fig
+
+
+def layer_heatmaps(rows: list[dict]) -> Figure:
+    """reports/train/layers.csv as two heat maps, layers (input at the top) by epochs (0: the
+    initialization): log10 of each layer's activation std and of the gradient norm at its output."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    if not rows:
+        for ax in axes:
+            ax.axis("off")
+        fig.suptitle("no per-layer diagnostics: the model was trained with train.diagnostics off")
+        return fig
+    epochs = sorted({int(r["epoch"]) for r in rows})
+    layers = [r["layer"] for r in sorted((r for r in rows if int(r["epoch"]) == epochs[0]), key=lambda r: int(r["depth"]))]
+    for ax, key, label in ((axes[0], "activation_std", "log10 std of the layer's output"),
+                           (axes[1], "gradient_norm", "log10 norm of the gradient at its output")):
+        grid = np.full((len(layers), len(epochs)), np.nan)
+        for r in rows:
+            if r["layer"] in layers:
+                v = float(r[key])
+                grid[layers.index(r["layer"]), epochs.index(int(r["epoch"]))] = np.log10(v) if v > 0 else np.nan
+        im = ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
+        fig.colorbar(im, ax=ax, label=label)
+        ax.set_yticks(range(len(layers)), layers, fontsize=7 if len(layers) <= 24 else 5)
+        ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
+        ax.set(xlabel="epoch (0: at initialization)", ylabel="layer (input to output)", title=key.replace("_", " "))
     return fig
 
 
@@ -134,7 +176,8 @@ def _suptitle(fig: Figure, text: str) -> None:
     fig.suptitle(text, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
 
 
-def feature_maps(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: list[str], channels: int) -> Figure:
+def feature_maps(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: list[str], channels: int, *,
+                 title: str = "feature maps (forward hooks)") -> Figure:
     """Per layer and image: the input, then its first `channels` feature maps, each scaled on its own."""
     n = images.shape[0]
     rows = len(maps) * n
@@ -153,7 +196,7 @@ def feature_maps(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: 
                     ax.set_title(f"ch {c}", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")  # no ticks: also keeps the layout pass fast with many small axes
-    _suptitle(fig, "feature maps (forward hooks)")
+    _suptitle(fig, title)
     return fig
 
 
@@ -203,8 +246,13 @@ def distributions(tensors: dict[str, torch.Tensor], title: str, magnitude: bool 
 
 
 def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[str]]], captions: list[str],
-             layer: str) -> Figure:
-    """Each image, then one Grad-CAM overlay per column (name, maps [N, H, W], per-image titles)."""
+             layer: str, *, boxes: bool = True) -> Figure:
+    """Each image, then one overlay per column (name, maps [N, H, W], per-image titles); with
+    `boxes`, a rectangle around each map's largest region above BOX_FRACTION of its peak."""
+    from matplotlib.patches import Rectangle
+
+    from cifarlab.viz.cam import box
+
     n = images.shape[0]
     cols = 1 + len(columns)
     fig = Figure(figsize=(2.2 * cols, 2.4 * n + 0.8))
@@ -217,9 +265,15 @@ def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[s
             axes[i, j].imshow(img, interpolation="nearest")
             axes[i, j].imshow(maps[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
             axes[i, j].set_title(titles[i], fontsize=8)
+            b = box(maps[i], BOX_FRACTION) if boxes else None
+            if b is not None:
+                x0, y0, x1, y1 = b
+                axes[i, j].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                                               edgecolor="white", linewidth=1.5))
     for ax in axes.flat:
         ax.axis("off")
-    _suptitle(fig, f"Grad-CAM at {layer}: " + ", ".join(name for name, _, _ in columns))
+    _suptitle(fig, f"{layer}\n" + ", ".join(name for name, _, _ in columns)
+              + (f"\nboxes: the largest region above {BOX_FRACTION:.0%} of each map's peak" if boxes else ""))
     return fig
 
 

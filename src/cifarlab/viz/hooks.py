@@ -82,29 +82,35 @@ def capture_inputs(model: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
 def grad_cam(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM (Selvaraju et al. 2017) maps [N, H, W] in 0..1 for class `target[i]` of image i.
 
-    The forward hook keeps the layer's activations A [N, K, h, w], and the gradient of the
-    class score with respect to them is asked of autograd; each channel's weight is its gradient averaged
-    over the map, and the map is ReLU(sum_k weight_k * A_k), upsampled to the input size and
-    scaled to a maximum of 1 per image (all zero where nothing speaks for the class).
+    A forward hook keeps the layer's activations A [N, K, h, w] and puts a tensor hook
+    (`Tensor.register_hook`) on them, which receives the gradient of the class score as it
+    flows back through A; each channel's weight is that gradient averaged over the map, and
+    the map is ReLU(sum_k weight_k * A_k), upsampled to the input size and scaled to a
+    maximum of 1 per image (all zero where nothing speaks for the class). The backward pass
+    is asked of autograd for the input only, so the parameters' .grad stay untouched.
     Returns (maps, logits).
     """
     saved: dict[str, torch.Tensor] = {}
 
     def forward_hook(_module, _inputs, output):
-        saved.setdefault("act", output)  # a module called twice: explain its first call
+        if "act" in saved:  # a module called twice: explain its first call
+            return
+        saved["act"] = output
+        output.register_hook(lambda grad: saved.setdefault("grad", grad.detach()))
 
     model.eval()
     handle = model.get_submodule(layer).register_forward_hook(forward_hook)
     try:
         with torch.enable_grad():
             # an input that wants a gradient makes every activation want one, frozen layers or not
-            logits = model(x.detach().requires_grad_(True))
+            xin = x.detach().requires_grad_(True)
+            logits = model(xin)
             score = logits.float().gather(1, target.view(-1, 1).to(logits.device)).sum()
-            # only the activation's gradient is asked for: the parameters' .grad stay untouched
-            grad, = torch.autograd.grad(score, [saved["act"]])
+            torch.autograd.grad(score, [xin])  # on its way to the input it passes A: the hook fires
     finally:
         handle.remove()
-    act, grad = saved["act"].detach().float(), grad.detach().float()
+    grad = saved["grad"]
+    act, grad = saved["act"].detach().float(), grad.float()
     weights = grad.mean((2, 3), keepdim=True)
     cam = F.relu((weights * act).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

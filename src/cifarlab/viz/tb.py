@@ -33,6 +33,11 @@ class VisualizeLogger:
         """A [3, H, W] (or [1, H, W]) float image in 0..1."""
         self.writer.add_image(tag, img.float().clamp(0, 1), self.step)
 
+    def boxes(self, tag: str, img: torch.Tensor, box: tuple[int, int, int, int], label: str) -> None:
+        """A [3, H, W] image in 0..1 with one labelled box (x0, y0, x1, y1) drawn by TensorBoard."""
+        self.writer.add_image_with_boxes(tag, img.float().clamp(0, 1), torch.tensor([box], dtype=torch.float32),
+                                         self.step, labels=[label])
+
     def figure(self, tag: str, fig) -> None:
         self.writer.add_figure(tag, fig, self.step, close=True)
 
