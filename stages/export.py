@@ -25,8 +25,8 @@ def main(argv=None):
 
     from cifarlab.pipeline.export import run_export
 
-    run_export(Path(args.model), Path(args.report), Path(args.train_reports), Path(args.index), Path(args.out),
-               params)
+    run_export(params, model_path=Path(args.model), report_path=Path(args.report),
+               train_reports=Path(args.train_reports), index=Path(args.index), out_dir=Path(args.out))
 
 
 if __name__ == "__main__":

@@ -83,3 +83,25 @@ def test_the_rule_catches_an_upward_import(tmp_path):
             test_imports_go_down(probe)
     finally:
         probe.unlink()
+
+
+def _functions():
+    import ast
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, node
+
+
+def test_functions_fit_on_a_screen_and_take_keywords_past_five():
+    """No function in src/ over 80 lines; past five positional parameters, keyword-only ones."""
+    too_long, too_many = [], []
+    for path, fn in _functions():
+        where = f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}"
+        if fn.end_lineno - fn.lineno + 1 > 80:
+            too_long.append(f"{where} ({fn.end_lineno - fn.lineno + 1} lines)")
+        positional = [a.arg for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]
+        if len(positional) > 5:
+            too_many.append(f"{where} ({', '.join(positional)})")
+    assert not too_long and not too_many, "\n".join(too_long + too_many)

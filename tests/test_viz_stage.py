@@ -190,13 +190,14 @@ def test_train_grid_uses_the_training_augmentation(tmp_path):
     fast = [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {}}, {"Normalize": {}}]
     slow = [{"ColorJitter": {"brightness": 0.5}}, {"RandomRotation": {"degrees": 10}}, {"Normalize": {}}]
     for entries in (fast, slow):
-        a, labels = train_grid_images(paths.train_index, entries, STATS, 6, 0, 10, paths.root)
-        b, _ = train_grid_images(paths.train_index, entries, STATS, 6, 0, 10, paths.root)
-        c, _ = train_grid_images(paths.train_index, entries, STATS, 6, 1, 10, paths.root)
+        a, labels = train_grid_images(paths.train_index, entries, STATS, count=6, seed=0, num_classes=10, root=paths.root)
+        b, _ = train_grid_images(paths.train_index, entries, STATS, count=6, seed=0, num_classes=10, root=paths.root)
+        c, _ = train_grid_images(paths.train_index, entries, STATS, count=6, seed=1, num_classes=10, root=paths.root)
         assert a.shape == (6, 3, 32, 32) and labels.shape == (6,)
         assert 0 <= a.min() and a.max() <= 1
         assert torch.equal(a, b) and not torch.equal(a, c)  # seeded
-    ten, labels = train_grid_images(paths.train_index, [{"TenCrop": {"size": 24}}], STATS, 2, 0, 10, paths.root)
+    ten, labels = train_grid_images(paths.train_index, [{"TenCrop": {"size": 24}}], STATS, count=2, seed=0,
+                                     num_classes=10, root=paths.root)
     assert ten.shape == (20, 3, 24, 24) and labels.shape == (20,)
 
 

@@ -66,7 +66,7 @@ def dvc_executable() -> Optional[str]:
     return shutil.which("dvc") or (str(beside) if beside.is_file() else None)
 
 
-def get_archive(dest: str | Path, url: str, md5: Optional[str], source: Optional[str | Path] = None,
+def get_archive(dest: str | Path, url: str, md5: Optional[str], *, source: Optional[str | Path] = None,
                 dvc_add: bool = True, log=print) -> str:
     """Put a verified archive at `dest` and track it with DVC; return its md5."""
     dest = Path(dest)

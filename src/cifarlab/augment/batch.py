@@ -120,7 +120,7 @@ class _Window(_IndexOp):
     Covers Pad, CenterCrop and RandomCrop (with padding and pad_if_needed).
     """
 
-    def __init__(self, in_size: Size, out_size: Size, pad_lt: Size, pad_rb: Size, mode: str,
+    def __init__(self, in_size: Size, out_size: Size, *, pad_lt: Size, pad_rb: Size, mode: str,
                  fill: Optional[tuple[float, ...]], offset: Optional[Size]):
         super().__init__(in_size, out_size)
         self.pad_l, self.pad_t = pad_lt
@@ -140,7 +140,7 @@ class _Window(_IndexOp):
             left = draw.below(w + self.pad_l + self.pad_r - ow + 1, b)
         return top, left
 
-    def _axis(self, start: torch.Tensor | int, b: int, n_in: int, n_out: int, pad0: int,
+    def _axis(self, start: torch.Tensor | int, b: int, *, n_in: int, n_out: int, pad0: int,
               device: torch.device) -> Optional[torch.Tensor]:
         ar = torch.arange(n_out, device=device)
         if isinstance(start, int):
@@ -152,8 +152,8 @@ class _Window(_IndexOp):
     def maps(self, b, draw):
         (h, w), (oh, ow) = self.in_size, self.out_size
         top, left = self.starts(b, draw)
-        return (self._axis(top, b, h, oh, self.pad_t, draw.device),
-                self._axis(left, b, w, ow, self.pad_l, draw.device))
+        return (self._axis(top, b, n_in=h, n_out=oh, pad0=self.pad_t, device=draw.device),
+                self._axis(left, b, n_in=w, n_out=ow, pad0=self.pad_l, device=draw.device))
 
     def extra_repr(self):
         where = "random" if self.offset is None else f"offset={self.offset}"
@@ -359,7 +359,8 @@ def _random_crop(kw, size, path, stats):
         if w + l + r < ow:
             d = ow - (w + l + r)
             l, r = l + d, r + d
-    return [_Window(size, (oh, ow), (l, t), (r, b), kw["padding_mode"], _fill(kw["fill"]), None)], (oh, ow)
+    return [_Window(size, (oh, ow), pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]),
+                    offset=None)], (oh, ow)
 
 
 def _center_crop(kw, size, path, stats):
@@ -370,14 +371,15 @@ def _center_crop(kw, size, path, stats):
     pr, pb = (max(ow - w, 0) + 1) // 2, (max(oh - h, 0) + 1) // 2
     top = int(round((h + pt + pb - oh) / 2.0))
     left = int(round((w + pl + pr - ow) / 2.0))
-    op = _Window(size, (oh, ow), (pl, pt), (pr, pb), "constant", (0.0,), (top, left))
+    op = _Window(size, (oh, ow), pad_lt=(pl, pt), pad_rb=(pr, pb), mode="constant", fill=(0.0,), offset=(top, left))
     return [op], (oh, ow)
 
 
 def _pad(kw, size, path, stats):
     l, t, r, b = _padding(kw["padding"])
     out = (size[0] + t + b, size[1] + l + r)
-    return [_Window(size, out, (l, t), (r, b), kw["padding_mode"], _fill(kw["fill"]), (0, 0))], out
+    return [_Window(size, out, pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]),
+                    offset=(0, 0))], out
 
 
 def _flip(axis: int) -> Handler:

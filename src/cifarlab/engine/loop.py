@@ -214,7 +214,7 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: Optional[nn.Module], source, runtime: Runtime, ncrops: int = 1,
+def evaluate(model: nn.Module, loss_fn: Optional[nn.Module], source, runtime: Runtime, *, ncrops: int = 1,
              keep_outputs: bool = False) -> dict:
     """Loss and accuracy over a source; multi-crop batches ([B, ncrops, C, H, W]) average their crops."""
     model.eval()

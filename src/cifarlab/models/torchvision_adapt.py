@@ -315,7 +315,7 @@ _LOCK = threading.RLock()
 
 
 @contextmanager
-def _intercept(builder, cls, overrides: dict, allowed_extra: tuple, captured: set, on_cpu: bool):
+def _intercept(builder, cls, overrides: dict, *, allowed_extra: tuple, captured: set, on_cpu: bool):
     """Route the builder's call of `cls` through a function that can override arguments.
 
     torchvision builders fix some class arguments for ImageNet (ViT's patch_size, Swin's
@@ -371,7 +371,8 @@ def _build(arch: str, kwargs: dict, num_classes: int, captured: Optional[set] = 
     call = {**family.defaults, **user, "num_classes": num_classes}
     overrides = family.constructor(extras) if family.constructor else {}
     captured = set() if captured is None else captured
-    with _intercept(builder, cls, overrides, family.settable, captured, family.builder_on_cpu):
+    with _intercept(builder, cls, overrides, allowed_extra=family.settable, captured=captured,
+                    on_cpu=family.builder_on_cpu):
         model = builder(weights=None, **call)
     family.adapt(model, extras)
     return model

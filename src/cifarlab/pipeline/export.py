@@ -209,20 +209,7 @@ def _size(n: int) -> str:
 def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts: dict[str, int], report: dict,
                 timing: dict) -> str:
     """The model card, markdown; every number comes from the files the stage read."""
-    import yaml
-
     meta = onnx["meta"]
-    classes = list(meta["classes"])
-    mean, std = meta["normalize"].get("mean"), meta["normalize"].get("std")
-    onnx_path = onnx["onnx"]
-    epochs = len(meta.get("history") or []) or params["train"]["epochs"]  # the model file's training curves
-    seconds, ips = timing.get("train_seconds"), timing.get("images_per_second")
-    device = timing.get("device", "not recorded")
-    trained = "Training time not recorded"
-    if seconds is not None and ips is not None:
-        minutes = f" ({seconds / 60:.1f} min)" if seconds >= 60 else ""
-        trained = f"{seconds:,.1f} s of training{minutes}, validation excluded, {ips:,.0f} images/s"
-    split = params["split"]
     lines = [
         f"# Model card: {name}",
         "",
@@ -230,6 +217,31 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         "pipeline (`dvc repro`). This card is written by the pipeline's export stage from the model file, "
         "the evaluation report and the training reports; rerunning the pipeline rewrites it.",
         "",
+        *_card_model(meta, onnx, model_path, epochs=len(meta.get("history") or []) or params["train"]["epochs"]),
+        *_card_params(params),
+        *_card_data(params, counts, meta),
+        *_card_metrics(report, counts),
+        "## Training",
+        "",
+        f"{_trained(timing)}, on {timing.get('device', 'not recorded')}.",
+        "",
+        *_card_usage(model_path, onnx["onnx"]),
+        *_card_limits(list(meta["classes"]), counts, params),
+    ]
+    return "\n".join(lines)
+
+
+def _trained(timing: dict) -> str:
+    seconds, ips = timing.get("train_seconds"), timing.get("images_per_second")
+    if seconds is None or ips is None:
+        return "Training time not recorded"
+    minutes = f" ({seconds / 60:.1f} min)" if seconds >= 60 else ""
+    return f"{seconds:,.1f} s of training{minutes}, validation excluded, {ips:,.0f} images/s"
+
+
+def _card_model(meta: dict, onnx: dict, model_path: Path, epochs: int) -> list[str]:
+    onnx_path = onnx["onnx"]
+    return [
         "## Model",
         "",
         "| | |",
@@ -244,6 +256,13 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         f"validation accuracy {_pct(meta['valid_acc']) if meta.get('valid_acc') is not None else 'unknown'} |",
         f"| ONNX check | onnxruntime's logits within {onnx['max_diff']:.1g} of PyTorch's on fixed probe images |",
         "",
+    ]
+
+
+def _card_params(params: dict) -> list[str]:
+    import yaml  # only the card needs it at this point
+
+    return [
         "## Params that made it",
         "",
         "From `params.yaml` (`docs/params.md` explains every key):",
@@ -252,6 +271,13 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=100).rstrip(),
         "```",
         "",
+    ]
+
+
+def _card_data(params: dict, counts: dict[str, int], meta: dict) -> list[str]:
+    split = params["split"]
+    mean, std = meta["normalize"].get("mean"), meta["normalize"].get("std")
+    return [
         "## Data",
         "",
         f"CIFAR-10 batches {', '.join(params['data']['batches'])}, converted to PNG and split "
@@ -265,6 +291,11 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         "",
         f"Normalization (per-channel RGB over the training split): mean {mean}, std {std}.",
         "",
+    ]
+
+
+def _card_metrics(report: dict, counts: dict[str, int]) -> list[str]:
+    return [
         "## Test metrics",
         "",
         f"On the {report.get('images', counts.get('test', 0)):,} test images: accuracy **{_pct(report['accuracy'])}**, "
@@ -276,10 +307,11 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         *[f"| {c} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s.get('support', '')} |"
           for c, s in report["per_class"].items()],
         "",
-        "## Training",
-        "",
-        f"{trained}, on {device}.",
-        "",
+    ]
+
+
+def _card_usage(model_path: Path, onnx_path: Path) -> list[str]:
+    return [
         "## How to use it",
         "",
         "Both take RGB pictures; the ONNX graph takes 32x32 uint8 pixels and does the normalization itself.",
@@ -317,6 +349,11 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         "print(classes[int(logits.argmax(1)[0])])",
         "```",
         "",
+    ]
+
+
+def _card_limits(classes: list[str], counts: dict[str, int], params: dict) -> list[str]:
+    return [
         "## Limits",
         "",
         "- Inputs are 32x32 RGB pictures; anything else must be resized (and converted to RGB) first, which "
@@ -329,11 +366,10 @@ def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts
         "- The test metrics above come from one split of that data; they estimate, not guarantee, accuracy.",
         "",
     ]
-    return "\n".join(lines)
 
 
-def run_export(model_path: Path, report_path: Path, train_reports: Path, index: Path, out_dir: Path,
-               params: Params, name: str = "cifar10-classifier", log=print) -> dict:
+def run_export(params: Params, *, model_path: Path, report_path: Path, train_reports: Path, index: Path,
+               out_dir: Path, name: str = "cifar10-classifier", log=print) -> dict:
     """The export stage: out_dir/model.onnx and out_dir/MODEL_CARD.md."""
     report = read_report(report_path)  # inputs checked before the slow part
     timing = _read_json(train_reports / "timing.json", "training timing", "dvc repro train")

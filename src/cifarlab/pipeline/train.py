@@ -295,7 +295,7 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
         totals = dist.reduce(torch.tensor([tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]],
                                           dtype=torch.float64, device=s.runtime.device)).tolist()
         tr_loss, tr_acc = totals[0] / totals[2], totals[1] / totals[2]
-        va = evaluate(s.model, s.loss_fn, s.valid_src, s.runtime, s.ncrops)
+        va = evaluate(s.model, s.loss_fn, s.valid_src, s.runtime, ncrops=s.ncrops)
         lrs = [g["lr"] for g in s.optimizer.param_groups]
         s.scheduler.step_epoch({"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss,
                                 "train_acc": tr_acc})

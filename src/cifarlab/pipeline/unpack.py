@@ -43,7 +43,7 @@ def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[s
     return entries
 
 
-def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: str | Path,
+def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: str | Path, *,
            md5: Optional[str] = None, progress=print) -> dict:
     """Write every image of `batches` as a PNG under `out`, its md5 manifest beside it (out.md5),
     and the class names and batch ranges to `meta_out`.

@@ -15,7 +15,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,7 @@ def _read_json(path: Path) -> dict:
         raise CifarlabError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _grad_cam_figure(model, plan: Plan, x: torch.Tensor, idx: list[int], targets, probs, classes, log):
+def _grad_cam_figure(model, plan: Plan, x: torch.Tensor, idx: list[int], *, targets, probs, classes, log):
     """Grad-CAM for the predicted class beside the true class (wrong) or the runner-up (right),
     and CAM for the predicted class where the net ends in global pooling and a linear layer."""
     p = probs[idx]
@@ -131,7 +131,8 @@ def _confusions(model, inputs: EvalInputs, paths: VizPaths, plan: Plan, *, devic
     out = {}
     for split, index in (("train", paths.train_index), ("valid", paths.valid_index)):
         x, y = load_tensors(index, paths.root, k)
-        logits, _ = predict(model, inputs, x, plan.head, batch_size, device, channels_last)
+        logits, _ = predict(model, inputs, x, head=plan.head, batch_size=batch_size, device=device,
+                            channels_last=channels_last)
         out[split] = torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k).tolist()
     out["test"] = test_counts
     return out
@@ -165,8 +166,47 @@ def _log_boxes(tb: VisualizeLogger, images: torch.Tensor, columns) -> None:
                 tb.boxes(f"{tag}/boxes/{i}", _overlay(images[i], maps[i]), b, titles[i])
 
 
+@dataclass
+class Drawn:
+    """What the pictures and the TensorBoard run are made of: computed once, drawn twice."""
+
+    inputs: EvalInputs
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    feats: torch.Tensor
+    probs: torch.Tensor
+    preds: torch.Tensor
+    fm_idx: list[int]
+    fm_x: torch.Tensor
+    maps: dict
+    gc_idx: list[int]
+    gc_x: torch.Tensor
+    cams: Any
+    cam_title: str
+    before: torch.Tensor
+    after: torch.Tensor
+    act_how: str
+    grads: dict
+    boundary: list[dict]
+    splits: Any
+    layer_rows: list[dict]
+    weights: dict
+    weight: torch.Tensor
+    grid_images: torch.Tensor
+    train_grid: torch.Tensor
+    kernel_grid: torch.Tensor
+    per_channel: torch.Tensor
+    emb_idx: torch.Tensor
+    summary: str
+
+    def captions(self, idx: list[int], classes: list[str]) -> list[str]:
+        return [figures.caption(int(self.test_y[i]), int(self.preds[i]), float(self.probs[i, self.preds[i]]), classes)
+                for i in idx]
+
+
 def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
-    vp, seed = params.visualize, params.seed
+    """Load, compute once, then draw the figures and write the TensorBoard run (both atomically)."""
+    vp = params.visualize
     device = pick_device(vp.device, key="visualize.device")
     if device.type == "cpu":
         use_all_cores()
@@ -175,23 +215,42 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
     classes = list(meta["classes"])
     plan = plan_layers(model, params, classes)
     log(f"visualize: {meta.get('name')} on {device}; " + plan.describe().replace("\n", "; "))
+    history, report, confusion = _read_reports(paths, meta)
+    d = _compute(model, meta, params, paths, plan=plan, device=device, confusion=confusion, log=log)
+    with atomic_dir(paths.figures) as fig_dir, atomic_dir(paths.tensorboard) as tb_dir:
+        pictures = _pictures(d, vp, plan=plan, classes=classes, history=history, report=report, confusion=confusion)
+        assert tuple(pictures) == PICTURES
+        for name, fig in pictures.items():
+            figures.save(fig, fig_dir / f"{name}.png")
+        write_text(fig_dir / "summary.txt", d.summary + "\n")
+        _log_run(tb_dir, d, pictures, model=model, meta=meta, params=params, plan=plan, fig_dir=fig_dir, log=log)
+    log(f"visualize: {len(PICTURES)} pictures in {paths.figures}, TensorBoard run in {paths.tensorboard}")
+    return plan
+
+
+def _read_reports(paths: VizPaths, meta: dict) -> tuple[dict, dict, dict]:
+    """(training curves, evaluate's report, its confusion matrix), each checked with a clear error."""
     if not meta.get("history"):
         raise CifarlabError(f"{paths.model}: the model file carries no training history (written by an older "
                             "cifarlab); retrain it: dvc repro train --force")
-    history = figures.history_columns(meta["history"])
     report = _read_json(paths.report)
     confusion = report.get("confusion")
     if not isinstance(confusion, dict) or not {"classes", "counts"} <= set(confusion):
         raise CifarlabError(f"{paths.report}: no confusion matrix in it; rerun the evaluate stage (dvc repro evaluate --force)")
-    stats = read_stats(paths.stats)
-    channels_last = bool(meta.get("channels_last"))
+    return figures.history_columns(meta["history"]), report, confusion
 
-    # the test set once: predictions for the PR curves and the picks, features for the projector
+
+def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, device, confusion: dict,
+             log) -> Drawn:
+    """Every forward and backward pass the pictures need, the test set through the model once."""
+    vp, seed, classes = params.visualize, params.seed, list(meta["classes"])
+    channels_last = bool(meta.get("channels_last"))
     inputs = EvalInputs(meta)
     test_x, test_y = load_tensors(paths.test_index, paths.root, len(classes))
     if len(test_y) == 0:
         raise CifarlabError(f"{paths.test_index}: the test index is empty")
-    logits, feats = predict(model, inputs, test_x, plan.head, vp.batch_size, device, channels_last)
+    logits, feats = predict(model, inputs, test_x, head=plan.head, batch_size=vp.batch_size, device=device,
+                            channels_last=channels_last)
     probs, preds = logits.softmax(1), logits.argmax(1)
     log(f"visualize: {len(test_y)} test images, accuracy {(preds == test_y).float().mean():.4f}")
 
@@ -199,90 +258,91 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
         x = inputs.picture(test_x[idx], None).to(device)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-    def captions(idx: list[int]) -> list[str]:
-        return [figures.caption(int(test_y[i]), int(preds[i]), float(probs[i, preds[i]]), classes) for i in idx]
-
-    fm_idx = choose(test_y, preds, plan.classes, vp.feature_images, seed, mix=False)
+    fm_idx = choose(test_y, preds, plan.classes, vp.feature_images, seed=seed, mix=False)
     fm_x = model_input(fm_idx)
-    maps = hooks.feature_maps(model, plan.features, fm_x)
-    gc_idx = choose(test_y, preds, plan.classes, vp.gradcam_images, seed + 1, mix=True)
+    gc_idx = choose(test_y, preds, plan.classes, vp.gradcam_images, seed=seed + 1, mix=True)
     gc_x = model_input(gc_idx)
-    cams, cam_title = _grad_cam_figure(model, plan, gc_x, gc_idx, test_y, probs, classes, log)
+    cams, cam_title = _grad_cam_figure(model, plan, gc_x, gc_idx, targets=test_y, probs=probs, classes=classes, log=log)
     before, after, act_how = cam.activation_pair(model, plan.kernels, fm_x)
-
     # weights, and the gradients of one test batch (the tutorial's 4.4)
     g_idx = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 2))[:vp.batch_size].tolist()
-    grads = hooks.gradients(model, model_input(g_idx), test_y[g_idx].to(device))
-    boundary = cam.boundary_gradients(model, F.cross_entropy, model_input(g_idx), test_y[g_idx].to(device))
-    splits = _confusions(model, inputs, paths, plan, device=device, channels_last=channels_last,
-                         batch_size=vp.batch_size, classes=classes, test_counts=confusion["counts"])
-    layer_rows = meta.get("layers") or _layer_rows(paths.layers)  # the model file carries them
-    weights = {n: w.detach().float().cpu() for n, w in model.named_parameters()}
-    matrices = {n: w for n, w in weights.items() if w.dim() > 1}
-
+    g_x, g_y = model_input(g_idx), test_y[g_idx].to(device)
     weight = kernels.conv_weight(model, plan.kernels)
-    grid_images, _ = train_grid_images(paths.train_index, params.augment.train, stats, vp.grid_images, seed,
-                                       len(classes), paths.root)
-    train_grid = make_grid(grid_images, nrow=8, padding=2, pad_value=1.0)
-    kernel_grid = kernels.kernel_grid(weight)
-    per_channel = kernels.kernel_grid_per_channel(weight, vp.kernels_channels)
-    emb_idx = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 3))[:vp.embedding_images]
-    summary = summarize(model)
+    stats = read_stats(paths.stats)
+    grid_images, _ = train_grid_images(paths.train_index, params.augment.train, stats, count=vp.grid_images,
+                                       seed=seed, num_classes=len(classes), root=paths.root)
+    return Drawn(
+        inputs=inputs, test_x=test_x, test_y=test_y, feats=feats, probs=probs, preds=preds, fm_idx=fm_idx, fm_x=fm_x,
+        maps=hooks.feature_maps(model, plan.features, fm_x), gc_idx=gc_idx, gc_x=gc_x, cams=cams,
+        cam_title=cam_title, before=before, after=after, act_how=act_how, grads=hooks.gradients(model, g_x, g_y),
+        boundary=cam.boundary_gradients(model, F.cross_entropy, g_x, g_y),
+        splits=_confusions(model, inputs, paths, plan, device=device, channels_last=channels_last,
+                           batch_size=vp.batch_size, classes=classes, test_counts=confusion["counts"]),
+        layer_rows=meta.get("layers") or _layer_rows(paths.layers),  # the model file carries them
+        weights={n: w.detach().float().cpu() for n, w in model.named_parameters()}, weight=weight,
+        grid_images=grid_images, train_grid=make_grid(grid_images, nrow=8, padding=2, pad_value=1.0),
+        kernel_grid=kernels.kernel_grid(weight), per_channel=kernels.kernel_grid_per_channel(weight, vp.kernels_channels),
+        emb_idx=torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 3))[:vp.embedding_images],
+        summary=summarize(model))
 
-    with atomic_dir(paths.figures) as fig_dir, atomic_dir(paths.tensorboard) as tb_dir:
-        pictures = {
-            "training_curves": figures.training_curves(history),
-            "confusion_matrix": figures.confusion_matrix(confusion["counts"], confusion["classes"]),
-            "per_class": figures.per_class(report),
-            "augmented_inputs": figures.image_grid(
-                train_grid, f"{len(grid_images)} training inputs after augment.train (de-normalized)"),
-            "kernels": figures.image_grid(kernel_grid, f"{plan.kernels} kernels {tuple(weight.shape)}"
-                                          + ("" if weight.shape[1] == 3 else ", mean over input channels")),
-            "kernels_per_channel": figures.image_grid(
-                per_channel, f"{plan.kernels} per channel",
-                xlabel=f"input channel (first {min(weight.shape[1], vp.kernels_channels)})",
-                ylabel=f"output channel (first {min(weight.shape[0], vp.kernels_channels)})"),
-            "feature_maps": figures.feature_maps(inputs.show(fm_x), maps, captions(fm_idx), vp.feature_channels),
-            "weights": figures.distributions(matrices, "conv and linear weights"),
-            "gradients": figures.distributions({n: grads[n] for n in matrices if n in grads},
-                                               "gradients of one test batch", magnitude=True),
-            "grad_cam": figures.grad_cam(inputs.show(gc_x), cams, captions(gc_idx), cam_title),
-            "activation_maps": figures.feature_maps(
-                inputs.show(fm_x), {f"{plan.kernels} before": before, f"{plan.kernels} after": after},
-                captions(fm_idx), vp.feature_channels, title=f"before and after the activation: {act_how}"),
-            "confusion_splits": figures.confusion_splits(splits, confusion["classes"]),
-            "layers": figures.layer_heatmaps(layer_rows),
-        }
-        assert tuple(pictures) == PICTURES
-        for name, fig in pictures.items():
-            figures.save(fig, fig_dir / f"{name}.png")
-        write_text(fig_dir / "summary.txt", summary + "\n")
 
-        tb = VisualizeLogger(tb_dir, step=int(meta.get("epoch") or 0))
-        tb.image("inputs/augmented_train", train_grid)
-        tb.image(f"kernels/{plan.kernels}", kernel_grid)
-        tb.image(f"kernels/{plan.kernels}/per_channel", per_channel)
-        for layer, m in maps.items():
-            tb.image(f"feature_maps/{layer}", kernels.feature_grid(m[0], 64))
-        tb.image(f"feature_maps/{plan.kernels}/before_activation", kernels.feature_grid(before[0], 64))
-        tb.image(f"feature_maps/{plan.kernels}/after_activation", kernels.feature_grid(after[0], 64))
-        _log_boxes(tb, inputs.show(gc_x), cams)
-        for name in ("confusion_matrix", "per_class", "training_curves", "confusion_splits", "layers"):
-            tb.figure(f"figures/{name}", pictures[name])
-        for name in ("feature_maps", "weights", "gradients", "grad_cam", "activation_maps"):  # big: logged as rendered
-            tb.png(f"figures/{name}", fig_dir / f"{name}.png")
-        why = tb.graph(model, fm_x[:1])
-        if why:
-            log(f"visualize: no model graph in TensorBoard, tracing failed ({why})")
-        tb.embedding(feats[emb_idx], [classes[int(test_y[i])] for i in emb_idx], test_x[emb_idx].float() / 255)
-        tb.pr_curves(probs, test_y, classes)
-        tb.params(params)
-        tb.text("model/summary", summary)
-        tb.text("visualize/layers", plan.describe() + f"\nactivation maps: {act_how}")
-        tb.text("gradients/layers", "gradient norms at each layer's output and input (full backward hooks), "
-                "one test batch\n" + _boundary_table(boundary))
-        tb.histograms("weights", weights)
-        tb.histograms("gradients", grads)
-        tb.close()
-    log(f"visualize: {len(PICTURES)} pictures in {paths.figures}, TensorBoard run in {paths.tensorboard}")
-    return plan
+def _pictures(d: Drawn, vp, *, plan: Plan, classes: list[str], history: dict, report: dict,
+              confusion: dict) -> dict:
+    matrices = {n: w for n, w in d.weights.items() if w.dim() > 1}
+    weight = d.weight
+    return {
+        "training_curves": figures.training_curves(history),
+        "confusion_matrix": figures.confusion_matrix(confusion["counts"], confusion["classes"]),
+        "per_class": figures.per_class(report),
+        "augmented_inputs": figures.image_grid(
+            d.train_grid, f"{len(d.grid_images)} training inputs after augment.train (de-normalized)"),
+        "kernels": figures.image_grid(d.kernel_grid, f"{plan.kernels} kernels {tuple(weight.shape)}"
+                                      + ("" if weight.shape[1] == 3 else ", mean over input channels")),
+        "kernels_per_channel": figures.image_grid(
+            d.per_channel, f"{plan.kernels} per channel",
+            xlabel=f"input channel (first {min(weight.shape[1], vp.kernels_channels)})",
+            ylabel=f"output channel (first {min(weight.shape[0], vp.kernels_channels)})"),
+        "feature_maps": figures.feature_maps(d.inputs.show(d.fm_x), d.maps, d.captions(d.fm_idx, classes),
+                                             vp.feature_channels),
+        "weights": figures.distributions(matrices, "conv and linear weights"),
+        "gradients": figures.distributions({n: d.grads[n] for n in matrices if n in d.grads},
+                                           "gradients of one test batch", magnitude=True),
+        "grad_cam": figures.grad_cam(d.inputs.show(d.gc_x), d.cams, d.captions(d.gc_idx, classes), d.cam_title),
+        "activation_maps": figures.feature_maps(
+            d.inputs.show(d.fm_x), {f"{plan.kernels} before": d.before, f"{plan.kernels} after": d.after},
+            d.captions(d.fm_idx, classes), vp.feature_channels, title=f"before and after the activation: {d.act_how}"),
+        "confusion_splits": figures.confusion_splits(d.splits, confusion["classes"]),
+        "layers": figures.layer_heatmaps(d.layer_rows),
+    }
+
+
+def _log_run(tb_dir: Path, d: Drawn, pictures: dict, *, model, meta: dict, params: Params, plan: Plan,
+             fig_dir: Path, log) -> None:
+    """The visualize stage's own TensorBoard run: images, figures, graph, projector, PR curves, text."""
+    classes = list(meta["classes"])
+    tb = VisualizeLogger(tb_dir, step=int(meta.get("epoch") or 0))
+    tb.image("inputs/augmented_train", d.train_grid)
+    tb.image(f"kernels/{plan.kernels}", d.kernel_grid)
+    tb.image(f"kernels/{plan.kernels}/per_channel", d.per_channel)
+    for layer, m in d.maps.items():
+        tb.image(f"feature_maps/{layer}", kernels.feature_grid(m[0], 64))
+    tb.image(f"feature_maps/{plan.kernels}/before_activation", kernels.feature_grid(d.before[0], 64))
+    tb.image(f"feature_maps/{plan.kernels}/after_activation", kernels.feature_grid(d.after[0], 64))
+    _log_boxes(tb, d.inputs.show(d.gc_x), d.cams)
+    for name in ("confusion_matrix", "per_class", "training_curves", "confusion_splits", "layers"):
+        tb.figure(f"figures/{name}", pictures[name])
+    for name in ("feature_maps", "weights", "gradients", "grad_cam", "activation_maps"):  # big: logged as rendered
+        tb.png(f"figures/{name}", fig_dir / f"{name}.png")
+    why = tb.graph(model, d.fm_x[:1])
+    if why:
+        log(f"visualize: no model graph in TensorBoard, tracing failed ({why})")
+    tb.embedding(d.feats[d.emb_idx], [classes[int(d.test_y[i])] for i in d.emb_idx], d.test_x[d.emb_idx].float() / 255)
+    tb.pr_curves(d.probs, d.test_y, classes)
+    tb.params(params)
+    tb.text("model/summary", d.summary)
+    tb.text("visualize/layers", plan.describe() + f"\nactivation maps: {d.act_how}")
+    tb.text("gradients/layers", "gradient norms at each layer's output and input (full backward hooks), "
+            "one test batch\n" + _boundary_table(d.boundary))
+    tb.histograms("weights", d.weights)
+    tb.histograms("gradients", d.grads)
+    tb.close()

@@ -79,7 +79,7 @@ class EvalInputs:
         return denormalize(x.cpu(), self.norms)
 
 
-def train_grid_images(index: Path, entries: list, stats: dict, count: int, seed: int,
+def train_grid_images(index: Path, entries: list, stats: dict, *, count: int, seed: int,
                       num_classes: int, root: Path = Path(".")) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` training images picked with `seed`, augmented by `augment.train`, de-normalized.
 

@@ -14,7 +14,7 @@ from cifarlab.viz.inputs import EvalInputs
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, inputs: EvalInputs, images: torch.Tensor, head: str, batch_size: int,
+def predict(model: torch.nn.Module, inputs: EvalInputs, images: torch.Tensor, *, head: str, batch_size: int,
             device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, K], features [N, D]) of uint8 images through the model's eval transforms.
 
@@ -40,7 +40,7 @@ def predict(model: torch.nn.Module, inputs: EvalInputs, images: torch.Tensor, he
     return torch.cat(logits), torch.cat(feats)
 
 
-def choose(targets: torch.Tensor, preds: torch.Tensor, allowed: list[int], count: int, seed: int,
+def choose(targets: torch.Tensor, preds: torch.Tensor, allowed: list[int], count: int, *, seed: int,
            mix: bool, key: str = "visualize.classes") -> list[int]:
     """Up to `count` test images of the allowed classes, in a seeded random order.
 
