@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from cifarlab.data.layout import read_meta
 from cifarlab.data.layout import read_stats
 from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.params import Params
-from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest
+from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest, train_lock
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
 from cifarlab.engine.loop import Dist, evaluate, train_one_epoch
@@ -143,6 +144,9 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     from cifarlab.optim.schedulers import build_scheduler
 
     tp = params.train
+    # one train stage at a time writes this project's checkpoints and outputs; taken first, so a
+    # read-only or full checkpoints/ folder stops the stage before any work
+    lock = train_lock(paths.checkpoints) if dist.main else None
     stats = read_stats(paths.stats)
     classes = read_meta(paths.meta)["classes"]
     n_train = len(read_index(paths.train_index, len(classes)))
@@ -201,15 +205,16 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     best = {"acc": -1.0, "epoch": -1, "state": None}
     start_epoch = 0
     tb_saved: dict[str, bytes] = {}
-    if ckpt.exists():
-        state = ckpt.load()
+    found = ckpt.load_sound(lambda line: print(line, file=sys.stderr, flush=True), set_aside=dist.main)
+    if found is not None:
+        state, state_path = found
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         tb_saved = state.get("tensorboard", {})
-        log(f"train: resuming from the checkpoint of epoch {start_epoch} ({ckpt.path})")
+        log(f"train: resuming from the checkpoint of epoch {start_epoch} ({state_path})")
 
     writer = None
     if dist.main:
@@ -257,6 +262,8 @@ def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
         writer.finish(params, hp_metrics)
         ckpt.finish()
         result["metrics"] = hp_metrics
+    if lock is not None:
+        lock.close()
     return result
 
 
