@@ -82,7 +82,12 @@ def public_path(path: str | os.PathLike) -> str:
     """`path` with every temporary sibling's name (`.<name>.<pid>-<random>.tmp`) put back to the
     output's name: `data/.png.12-ab.tmp/cat/cat_1.png` -> `data/png/cat/cat_1.png`."""
     parts = Path(path).parts
-    return str(Path(*[(m.group(1) if (m := _TEMP_PART.match(part)) else part) for part in parts])) if parts else ""
+    if not parts:
+        return ""
+    public = Path(*[(m.group(1) if (m := _TEMP_PART.match(part)) else part) for part in parts])
+    with contextlib.suppress(ValueError, OSError):  # inside the working folder: relative, as stages name paths
+        public = public.relative_to(Path.cwd()) if public.is_absolute() else public
+    return str(public)
 
 
 def _name_the_output(exc: BaseException, path: Path) -> None:

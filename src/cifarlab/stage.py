@@ -42,9 +42,20 @@ class Terminated(KeyboardInterrupt):
     cleanup that runs on Ctrl-C (temporary files removed, a finished epoch's checkpoint kept) runs."""
 
 
+def _default_sigterm_in_child() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _on_sigterm(owner: int):
+    if hasattr(os, "register_at_fork") and not getattr(_on_sigterm, "registered", False):
+        # forked workers (the data stages' pools) die on SIGTERM at once, as multiprocessing's
+        # Pool.terminate needs: a Python-level handler there can miss a signal that lands just
+        # before the worker blocks on its task queue, and the pool then waits forever
+        os.register_at_fork(after_in_child=_default_sigterm_in_child)
+        _on_sigterm.registered = True
+
     def handler(signum, frame):
-        if os.getpid() != owner:  # a forked worker inherited this handler: die as SIGTERM asks
+        if os.getpid() != owner:  # a child that kept this handler: die as SIGTERM asks
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
