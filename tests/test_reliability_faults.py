@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from cifar_factory import make_archive
-from dvc_project import (TINY, Project, assert_fails_cleanly, files_of, make_project, run_stage, snapshot,
-                         stage_cmd, stage_outs, temp_leftovers)
+from dvc_project import (TINY, Project, assert_fails_cleanly, files_of, make_project, run_stage, set_params,
+                         snapshot, stage_cmd, stage_outs, temp_leftovers)
 
 STAGES = ["unpack", "split", "index", "stats", "train", "evaluate", "visualize"]
 PARAMS = dict(TINY, **{"data.batches": ["data_batch_1", "test_batch"]})
@@ -168,7 +168,9 @@ def test_a_disk_that_fills_during_training_keeps_the_last_epoch_and_resumes(disk
 
 def test_a_full_disk_under_dvc_repro_leaves_the_outputs_absent_and_restorable(disk):
     mount, proj = disk
-    tracked = [o for s in ("train",) for o in outs_but_live(s)]
+    proj.dvc("checkout", "--force", "train")  # the committed run (a test above reran train directly)
+    proj.run("git", "checkout", "--", "reports")
+    tracked = outs_but_live("train")
     before = snapshot(proj.path, tracked)
     lock = (proj.path / "dvc.lock").read_text()
     # room for DVC's own bookkeeping, and the outputs it deletes first, but not for training
@@ -238,7 +240,7 @@ def watch(cmd: list[str], proj: Project, trigger: str, then, timeout: float = 24
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        reader.join(timeout=30)
+        reader.join(timeout=timeout)
     assert fired.is_set(), "".join(lines)
     return proc, "".join(lines)
 
@@ -301,31 +303,39 @@ def test_sigterm_to_dvc_repro_and_its_stage_resumes_on_the_next_repro(staged, re
     same_training(proj, reference)
 
 
-def test_sigterm_to_dvc_alone_leaves_its_stage_running_and_the_next_run_waits_its_turn(staged, reference):
+def test_sigterm_to_dvc_alone_leaves_its_stage_running_and_the_next_run_is_safe(staged):
     """`dvc` dies at once and its stage trains on without DVC's lock. A `dvc repro` started then
-    gets past DVC's lock (the holder is dead) but the train stage refuses to run beside the
-    orphan, naming it; once the orphan ends, `dvc repro` trains to the same result."""
+    gets past DVC's lock (the holder is dead) and deletes the outputs under the orphan. Either the
+    orphan still holds the training lock, and the new stage refuses to run beside it, naming it;
+    or the orphan already stopped (it cannot write into the deleted TensorBoard run), and the new
+    stage resumes from its last checkpoint. Either way a later `dvc repro` ends whole."""
     proj = staged
+    set_params(proj, {"train.epochs": 60})  # long enough to outlive the second command's start
+    proj.commit("longer")
     seen = {}
 
     def kill_dvc_alone(p):
         os.kill(p.pid, signal.SIGTERM)
-        time.sleep(0.5)
         seen["second"] = proj.dvc("repro", "train", check=False)
 
     proc, out = watch(["dvc", "repro", "train"], proj, "epoch 1/", kill_dvc_alone)
+    assert proc.returncode == -signal.SIGTERM
     second = seen["second"]
-    assert second.returncode != 0
     errors = [ln for ln in second.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "another train stage is running in this project (pid" in errors[0], second.stderr
-    # the orphan (the stage) finishes on its own; wait for it to release the lock
-    for _ in range(600):
+    if second.returncode != 0:
+        assert len(errors) == 1 and "another train stage is running in this project (pid" in errors[0], \
+            second.stdout + second.stderr + out
+    else:
+        assert re.search(r"train: resuming from the checkpoint of epoch \d+", second.stdout), second.stdout
+    print("second run:", errors[0] if errors else "resumed after the orphan stopped")
+    for _ in range(600):  # the orphan, if alive, ends on its own
         if not _lock_held(proj.path / "checkpoints/.lock"):
             break
         time.sleep(0.2)
-    res = proj.dvc("repro", "train")
-    assert "Running stage 'train'" in res.stdout or "skipping" in res.stdout, res.stdout
-    same_training(proj, reference)
+    assert not _lock_held(proj.path / "checkpoints/.lock")
+    proj.dvc("repro", "train")
+    assert json.loads((proj.path / "reports/train/metrics.json").read_text())["epochs"] == 60
+    assert "Data and pipelines are up to date" in proj.dvc("status", "train").stdout
     assert temp_leftovers(proj.path, KEEP) == []
 
 
@@ -341,7 +351,10 @@ def _lock_held(path: Path) -> bool:
         return False
 
 
-@pytest.mark.parametrize("second", [["repro", "train"], ["exp", "run"]], ids=["repro", "exp-run"])
+@pytest.mark.parametrize("second", [["repro", "train"], pytest.param(["exp", "run"], marks=pytest.mark.xfail(
+    strict=True, reason="found here, DVC's: a `dvc exp run` started while `dvc repro` trains removes models/ "
+    "under the running stage, which then fails: ERROR: failed to reproduce 'train': output 'models' does not "
+    "exist (docs/reliability.md, Still open)"))], ids=["repro", "exp-run"])
 def test_a_second_run_while_one_trains_gets_dvcs_lock_message(staged, reference, second):
     proj = staged
     seen = {}
@@ -349,7 +362,10 @@ def test_a_second_run_while_one_trains_gets_dvcs_lock_message(staged, reference,
                       lambda p: seen.setdefault("second", proj.dvc(*second, check=False)))
     assert proc.returncode == 0, out
     res = seen["second"]
-    assert res.returncode != 0 and "Unable to acquire lock" in res.stderr, res.stdout + res.stderr
+    # DVC's repository lock, or its lock on the paths the run uses
+    assert res.returncode != 0 and ("Unable to acquire lock" in res.stderr or
+                                    re.search(r"is busy, it is being blocked by:\s+\(PID \d+\): .*dvc repro train",
+                                              res.stderr)), res.stdout + res.stderr
     same_training(proj, reference)
     assert not list((proj.path / "checkpoints").glob("*/*.pt"))
 
