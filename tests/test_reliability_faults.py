@@ -145,6 +145,7 @@ def test_a_full_disk_stops_each_stage_with_one_line(disk, stage):
     assert not list((proj.path / "checkpoints").glob("*/*.pt"))
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_training_keeps_the_last_epoch_and_resumes(disk):
     """Room for epoch 1's checkpoint but not for more: one line, the checkpoint of epoch 1 kept;
     with space again, the same command resumes from it and finishes."""
@@ -292,6 +293,7 @@ def test_sigterm_to_unpack_stops_its_workers_and_leaves_no_temporary_tree(staged
     assert temp_leftovers(proj.path, KEEP) == []
 
 
+@pytest.mark.slow
 def test_sigterm_to_dvc_repro_and_its_stage_resumes_on_the_next_repro(staged, reference):
     proj = staged
     proc, out = watch(["dvc", "repro", "train"], proj, "epoch 1/", lambda p: os.killpg(p.pid, signal.SIGTERM))
@@ -303,6 +305,7 @@ def test_sigterm_to_dvc_repro_and_its_stage_resumes_on_the_next_repro(staged, re
     same_training(proj, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_to_dvc_alone_leaves_its_stage_running_and_the_next_run_is_safe(staged):
     """`dvc` dies at once and its stage trains on without DVC's lock. A `dvc repro` started then
     gets past DVC's lock (the holder is dead) and deletes the outputs under the orphan. Either the
@@ -351,6 +354,7 @@ def _lock_held(path: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [["repro", "train"], pytest.param(["exp", "run"], marks=pytest.mark.xfail(
     strict=True, reason="found here, DVC's: a `dvc exp run` started while `dvc repro` trains removes models/ "
     "under the running stage, which then fails: ERROR: failed to reproduce 'train': output 'models' does not "
@@ -397,7 +401,8 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(b))
 
 
-@pytest.mark.parametrize("how", ["truncated", "empty", "corrupt"])
+@pytest.mark.parametrize("how", ["truncated", pytest.param("empty", marks=pytest.mark.slow),
+                                 pytest.param("corrupt", marks=pytest.mark.slow)])
 def test_a_damaged_checkpoint_is_set_aside_and_training_resumes_from_the_one_before(staged, reference, how):
     proj = staged
     kill_after(proj, "epoch 2/")
@@ -416,6 +421,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_training_resumes_from_the_one_bef
     assert temp_leftovers(proj.path, KEEP) == []
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_starts_over(staged, reference):
     proj = staged
     kill_after(proj, "epoch 2/")
@@ -430,6 +436,7 @@ def test_every_checkpoint_damaged_starts_over(staged, reference):
     same_training(proj, reference)
 
 
+@pytest.mark.slow
 def test_a_truncated_tensorboard_event_file_does_not_stop_the_next_run(staged, reference):
     proj = staged
     kill_after(proj, "epoch 1/")
