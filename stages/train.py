@@ -10,7 +10,7 @@ from cifarlab.params import load_params
 from cifarlab.stage import parser, stage
 
 
-@stage
+@stage(resume="training resumes from the checkpoint of its last finished epoch")
 def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--index", required=True, help="folder with train.txt and valid.txt")

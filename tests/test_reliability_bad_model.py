@@ -143,30 +143,63 @@ def _model_file(kind: str, marker: Path):
         elif kind == "truncated":
             torch.save({"format": "cifarlab.model/1", "model": build_model("tutorial.net").state_dict()}, path)
             path.write_bytes(path.read_bytes()[:400])
+        elif kind == "empty":
+            path.write_bytes(b"")
     return write
 
+
+DAMAGED = ("the model file is damaged ({}); rebuild it with `dvc repro train` (or `dvc repro -f train` if DVC "
+           "thinks it is up to date), or fetch the cached one with `dvc checkout train` or `dvc pull train`")
 
 MODEL_CASES = [
     ("hostile", "not a cifarlab model file: refused, it holds Python objects other than tensors (a pickle "
                 "that could run code); torch.load(weights_only=True) rejected it and nothing in it was run "
                 "(Trying to load unsupported GLOBAL posix.system whose module posix is blocked.)"),
     ("plain-state-dict", "not a cifarlab model file (no 'format: cifarlab.model/1')"),
-    ("truncated", "not a cifarlab model file"),
+    ("truncated", DAMAGED.format("RuntimeError: PytorchStreamReader failed reading zip archive")),
+    ("empty", DAMAGED.format("an empty file")),
+    ("corrupt", DAMAGED.format("its tensors do not match the sha256 saved with them")),
 ]
 
 
+def corrupt(path: Path, saved: bytes) -> None:
+    """The real model file with bytes changed in the middle of its weights."""
+    data = bytearray(saved)
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("stage, kind, words", [("evaluate", k, w) for k, w in MODEL_CASES]
-                         + [("visualize", *MODEL_CASES[0])], ids=[f"evaluate-{k}" for k, _ in MODEL_CASES]
-                         + ["visualize-hostile"])
+                         + [("visualize", *MODEL_CASES[0]), ("visualize", *MODEL_CASES[-1])],
+                         ids=[f"evaluate-{k}" for k, _ in MODEL_CASES] + ["visualize-hostile", "visualize-corrupt"])
 def test_bad_model_file(proj, tmp_path, stage, kind, words):
     marker = tmp_path / "pwned"
     model = proj.path / "models/model.pt"
-    saved = replace(model, _model_file(kind, marker))
+    original = model.read_bytes()
+    saved = replace(model, (lambda p: corrupt(p, original)) if kind == "corrupt" else _model_file(kind, marker))
     try:
-        assert_fails_cleanly(proj, stage, "models/model.pt: " + words)
+        assert_fails_cleanly(proj, stage, "models/model.pt: " + words.split(" (")[0] if kind == "truncated"
+                             else "models/model.pt: " + words)
     finally:
         restore(model, saved)
     assert not marker.exists(), "the hostile pickle ran"
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "corrupt"])
+def test_a_damaged_model_file_through_predict(proj, tmp_path, kind):
+    model = proj.path / "models/model.pt"
+    original = model.read_bytes()
+    saved = replace(model, (lambda p: corrupt(p, original)) if kind == "corrupt" else _model_file(kind, tmp_path / "x"))
+    picture = tmp_path / "cat.png"
+    Image.new("RGB", (40, 30), (200, 100, 50)).save(picture)
+    try:
+        res = proj.cifarlab("predict", str(picture), check=False)
+    finally:
+        restore(model, saved)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: models/model.pt: the model file is damaged") and "dvc repro train" in lines[0]
 
 
 def test_broken_test_image_through_the_evaluate_script(proj):

@@ -8,6 +8,10 @@ A SIGKILL (or a power cut) skips every cleanup, so a temporary sibling can outli
 writer: each one carries its writer's process id in its name
 (`.<name>.<pid>-<random>.tmp`), and the next write of the same target removes the siblings
 whose writer no longer runs. A sibling of a live writer (a concurrent run) is left alone.
+
+When the machine refuses a write (a full disk, a read-only folder), the temporary sibling is
+removed and the OSError goes on carrying the path of the output (never the temporary name,
+which no longer exists), so the stage can say in one line which output could not be written.
 """
 from __future__ import annotations
 
@@ -71,6 +75,45 @@ def sweep_stale_siblings(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_TEMP_PART = re.compile(r"^\.(.+)\.\d+-[^/]*\.(tmp|old)$")
+
+
+def public_path(path: str | os.PathLike) -> str:
+    """`path` with every temporary sibling's name (`.<name>.<pid>-<random>.tmp`) put back to the
+    output's name: `data/.png.12-ab.tmp/cat/cat_1.png` -> `data/png/cat/cat_1.png`."""
+    parts = Path(path).parts
+    if not parts:
+        return ""
+    public = Path(*[(m.group(1) if (m := _TEMP_PART.match(part)) else part) for part in parts])
+    with contextlib.suppress(ValueError, OSError):  # inside the working folder: relative, as stages name paths
+        public = public.relative_to(Path.cwd()) if public.is_absolute() else public
+    return str(public)
+
+
+def _name_the_output(exc: BaseException, path: Path) -> None:
+    """An OSError raised by write() or close() names no file: give it the output's path."""
+    if isinstance(exc, OSError) and not exc.filename:
+        exc.filename = str(path)
+
+
+def free_space(path: str | os.PathLike) -> tuple[int, int | None, int]:
+    """(bytes free, files free or None where the filesystem has no inode limit, block size) on the
+    filesystem that holds `path` (its nearest existing folder), as an unprivileged writer sees them."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not hasattr(os, "statvfs"):  # Windows: no inode count, no block size
+        return shutil.disk_usage(p).free, None, 4096
+    st = os.statvfs(p)
+    files = st.f_favail if st.f_files else None  # f_files == 0: no inode limit (btrfs, some tmpfs)
+    return st.f_bavail * st.f_frsize, files, st.f_frsize or 4096
+
+
+def on_disk(nbytes: int, block: int) -> int:
+    """The space a file of `nbytes` takes: whole blocks (at least one for a non-empty file)."""
+    return -(-nbytes // block) * block
+
+
 def _prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}-"
 
@@ -93,8 +136,9 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        _name_the_output(exc, path)
         raise
 
 
@@ -124,6 +168,7 @@ def atomic_dir(path: str | os.PathLike):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name_the_output(exc, path)
         raise

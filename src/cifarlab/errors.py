@@ -37,3 +37,15 @@ class DataError(CifarlabError):
 #: check that tries a component on the user's arguments catches these, plus whatever else
 #: that component is known to raise, and turns them into a ParamsError naming the key.
 TORCH_ARGUMENT_ERRORS = (TypeError, ValueError, RuntimeError, ArithmeticError)
+
+
+class ResourceError(CifarlabError):
+    """The machine, not the input: not enough free space for what a stage is about to write."""
+
+
+def size_text(nbytes: float) -> str:
+    """1536 -> '1.5 KiB': sizes in messages, in binary units."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024

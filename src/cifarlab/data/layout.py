@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from cifarlab.errors import DataError
+from cifarlab.errors import DataError, ResourceError, size_text
 
 SPLITS = ("train", "valid", "test")
 BATCH_SIZE = 10000
@@ -36,6 +36,26 @@ def png_number(path: str | Path) -> int:
 
 def from_test_batch(path: str | Path) -> bool:
     return png_number(path) < BATCH_SIZE
+
+
+#: an upper bound of one manifest line's bytes (`<md5>  <split>/<class>/<class>_<number>.png`)
+MANIFEST_LINE = 96
+
+
+def require_space(target: str | Path, need_bytes: int, need_files: int, what: str) -> None:
+    """Stop before any work when the filesystem that will hold `target` has less free space
+    (or fewer free files, where it counts them) than `what` needs; the message says both."""
+    from cifarlab.atomic import free_space
+
+    free, files, _ = free_space(Path(target).parent)
+    short_bytes = need_bytes > free
+    short_files = files is not None and need_files > files
+    if short_bytes or short_files:
+        need = size_text(need_bytes) + (f" and {need_files:,} files" if short_files else "")
+        have = size_text(free) + (f" and room for {files:,} files" if short_files else "")
+        raise ResourceError(f"{target}: not enough free space to {what}: it needs about {need}, the filesystem "
+                            f"has {have} free; free some space there (or move the project to a larger disk), "
+                            "then rerun `dvc repro`")
 
 
 def manifest_path(tree: str | Path) -> Path:

@@ -10,6 +10,7 @@ epochs it logged before it was interrupted (DVC empties the output before a reru
 """
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -60,7 +61,21 @@ def chain(*callbacks):
     return on_step
 
 
+def _names_its_run(method):
+    """A full or read-only disk meets SummaryWriter's writes as an OSError naming no file: name the run."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if not exc.filename:
+                exc.filename = str(self.logdir)
+            raise
+    return wrapper
+
+
 class TrainLogger:
+    @_names_its_run
     def __init__(self, logdir: Path, restore: dict[str, bytes] | None = None, histograms: bool = True):
         self.logdir = Path(logdir)
         shutil.rmtree(self.logdir, ignore_errors=True)
@@ -78,12 +93,14 @@ class TrainLogger:
             return None
         return StepLogger(self.writer, optimizer, every=every, epoch=epoch, steps_per_epoch=steps_per_epoch)
 
+    @_names_its_run
     def start(self, model, params, summary: str) -> None:
         self.writer.add_custom_scalars(LAYOUT)
         text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
         self.writer.add_text("params", "```\n" + text + "\n```", 0)
         self.writer.add_text("model/summary", "```\n" + summary + "\n```", 0)
 
+    @_names_its_run
     def epoch(self, model, row: dict, lrs: list[float]) -> None:
         e = row["epoch"]
         w = self.writer
@@ -101,6 +118,7 @@ class TrainLogger:
                                     bins=HISTOGRAM_BINS)
         w.flush()
 
+    @_names_its_run
     def layers(self, rows: list[dict], epoch: int) -> None:
         """Per-layer diagnostics (engine/diagnostics.py) at `epoch` (0: before the first step)."""
         for r in rows:
@@ -108,6 +126,7 @@ class TrainLogger:
             self.writer.add_scalar(f"layers/gradient_norm/{r['depth']:02d}_{r['layer']}", r["gradient_norm"], epoch)
         self.writer.flush()
 
+    @_names_its_run
     def snapshot(self) -> dict[str, bytes]:
         self.writer.flush()
         for sub in self.writer.all_writers.values():
@@ -115,6 +134,7 @@ class TrainLogger:
         return {p.relative_to(self.logdir).as_posix(): p.read_bytes()
                 for p in self.logdir.rglob("*") if p.is_file()}
 
+    @_names_its_run
     def finish(self, params, metrics: dict) -> None:
         flat = {}
         for section in ("model", "optimizer", "scheduler", "loss", "train"):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarlab.atomic import atomic_dir
+from cifarlab.atomic import atomic_dir, free_space, on_disk
 from cifarlab.errors import DataError, ParamsError
-from cifarlab.data.layout import SPLITS, from_test_batch, png_number, read_manifest, read_meta, write_manifest
+from cifarlab.data.layout import (MANIFEST_LINE, SPLITS, from_test_batch, png_number, read_manifest, read_meta,
+                                  require_space, write_manifest)
 
 
 
@@ -61,9 +62,11 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
     totals = dict.fromkeys(SPLITS, 0)
     md5s = read_manifest(png_dir)
     manifest: dict[str, str] = {}
+    per_class = {cls: _class_files(png_dir, cls) for cls in classes}
+    check_space(png_dir, out, per_class)
     with atomic_dir(out) as tmp:
         for cls in classes:
-            files = _class_files(png_dir, cls)
+            files = per_class[cls]
             if mode == "ratio":
                 parts = assign(files, [train, valid, test], rng)
             else:
@@ -88,6 +91,23 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
     write_manifest(out, manifest)
     progress("split: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     return totals
+
+
+def check_space(png_dir: Path, out: Path, per_class: dict[str, list[str]]) -> None:
+    """Before any link: room for the folders and the manifest, and for a copy of every file
+    where the tree cannot be hard-linked (another filesystem than unpack's)."""
+    n = sum(len(files) for files in per_class.values())
+    block = free_space(out.parent)[2]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # directory entries (about 64 bytes a name) in 3 x classes folders, and the manifest
+    need = on_disk(n * 64, block) + 3 * (len(per_class) + 1) * block + on_disk(n * MANIFEST_LINE, block)
+    files = 3 * (len(per_class) + 1) + 1
+    copies = os.stat(png_dir).st_dev != os.stat(out.parent).st_dev
+    if copies:
+        need += sum(on_disk((png_dir / cls / f).stat().st_size, block) for cls, fs in per_class.items() for f in fs)
+        files += n
+    require_space(out, need, files, f"split {n:,} images" + (" (copies: another filesystem than "
+                                                               f"{png_dir}, so no hard links)" if copies else ""))
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from cifarlab.data.layout import read_meta
 from cifarlab.data.layout import read_stats
 from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.params import Params
-from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest
+from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest, train_lock
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
 from cifarlab.engine.loop import Dist, _prepare, evaluate, train_one_epoch
@@ -174,9 +175,20 @@ class Progress:
 
 def fit(params: Params, paths: Paths, dist: Dist = Dist(), log=print) -> dict:
     """Build, resume, run the epochs, write the outputs (rank 0 writes; other ranks only train)."""
+    # one train stage at a time writes this project's checkpoints and outputs; taken first, so a
+    # read-only or full checkpoints/ folder stops the stage before any work
+    lock = train_lock(paths.checkpoints) if dist.main else None
+    try:
+        return _fit(params, paths, dist, log)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _fit(params: Params, paths: Paths, dist: Dist, log) -> dict:
     s = build(params, paths, dist, log)
     ckpt = CheckpointDir(paths.checkpoints, s.fingerprint)
-    progress = resume(ckpt, s, log)
+    progress = resume(ckpt, s, log, set_aside=dist.main)
     writer = None
     if dist.main:
         writer = TrainLogger(paths.tensorboard, restore=progress.tensorboard, histograms=params.train.histograms)
@@ -259,18 +271,20 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
                  device=describe_device(runtime, dist.world))
 
 
-def resume(ckpt: CheckpointDir, s: Setup, log) -> Progress:
-    """The state of the last finished epoch of an interrupted run with the same fingerprint, if any."""
-    if not ckpt.exists():
+def resume(ckpt: CheckpointDir, s: Setup, log, set_aside: bool = True) -> Progress:
+    """The state of the last finished epoch of an interrupted run with the same fingerprint, if any:
+    the newest sound checkpoint (a damaged one is named in a warning and set aside)."""
+    found = ckpt.load_sound(lambda line: print(line, file=sys.stderr, flush=True), set_aside=set_aside)
+    if found is None:
         return Progress()
-    state = ckpt.load()
+    state, state_path = found
     s.model.load_state_dict(state["model"])
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
     s.scaler.load_state_dict(state["scaler"])
     progress = Progress(history=state["history"], best=state["best"], start_epoch=state["epoch"] + 1,
                         tensorboard=state.get("tensorboard", {}), layers=state.get("layers", []))
-    log(f"train: resuming from the checkpoint of epoch {progress.start_epoch} ({ckpt.path})")
+    log(f"train: resuming from the checkpoint of epoch {progress.start_epoch} ({state_path})")
     return progress
 
 

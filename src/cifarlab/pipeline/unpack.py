@@ -12,11 +12,21 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from cifarlab.atomic import atomic_dir, write_json
+from cifarlab.atomic import atomic_dir, free_space, on_disk, write_json
 from cifarlab.errors import DataError
 from cifarlab.archive.reader import Batch, iter_batches
-from cifarlab.data.layout import BATCH_SIZE, batch_offset, png_name, write_manifest
+from cifarlab.data.layout import BATCH_SIZE, MANIFEST_LINE, batch_offset, png_name, require_space, write_manifest
 from cifarlab.data.parallel import map_ranges
+
+#: the largest PNG of a 32x32 RGB image (noise at compress_level 1: zlib falls back to stored
+#: blocks, 3,104 bytes of rows plus the PNG chunks); real images are about 2.4 KB
+PNG_MAX_BYTES = 3200
+
+
+def space_needed(out: Path, images: int) -> int:
+    """Bytes the PNG tree of `images` images and its manifest take on the filesystem of `out`."""
+    block = free_space(out.parent)[2]
+    return images * on_disk(PNG_MAX_BYTES, block) + on_disk(images * MANIFEST_LINE, block) + 64 * block
 
 def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[str, str]:
     """Write one batch's PNGs; return {relative path: md5} for the manifest."""
@@ -54,8 +64,14 @@ def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: s
     """
     meta: dict = {"classes": None, "batches": {}}
     manifest: dict[str, str] = {}
+    out = Path(out)
     with atomic_dir(out) as tmp:
-        for classes, batch in iter_batches(archive, batches, md5):
+        for done, (classes, batch) in enumerate(iter_batches(archive, batches, md5)):
+            # before the first PNG of each batch: room for this batch and the rest (CIFAR-10's
+            # batches are all the same size), so a full disk stops the stage before it writes
+            left = len(batch.labels) * (len(batches) - done)
+            require_space(out, space_needed(out, left), left + len(classes),
+                          f"unpack {left:,} images" + (f" ({len(batches) - done} batches)" if len(batches) > 1 else ""))
             if meta["classes"] is None:
                 meta["classes"] = classes
                 for cls in classes:
