@@ -52,6 +52,7 @@ def _train_step(model: nn.Module, channels_last: bool = False) -> torch.Tensor:
 def test_local_names_are_the_specified_ones():
     assert set(LOCAL) == {
         "cifarlab.resnet8",
+        "cifarlab.resnet34",
         "tutorial.net",
         "tutorial.net_sequential",
         "tutorial.net_ordereddict",
@@ -93,6 +94,60 @@ def test_tutorial_nets_are_the_same_lenet():
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(nets[0](x), nets[1](x))
     torch.testing.assert_close(nets[0](x), nets[2](x))
+
+
+class _SeedBlock(nn.Module):
+    """Chapter 2.1's residual block as the tutorial writes it: `left` and `right`."""
+
+    def __init__(self, cin, cout, stride=1, shortcut=None):
+        super().__init__()
+        self.left = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.right = shortcut
+
+
+class _SeedResNet34(nn.Module):
+    """Chapter 2.1's ResNet34, only the definition (names and shapes): pre, layer1-4, fc."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.pre = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                 nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        stages = [(64, 128, 3, 1), (128, 256, 4, 2), (256, 512, 6, 2), (512, 512, 3, 2)]
+        for i, (cin, cout, n, stride) in enumerate(stages, 1):
+            short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            blocks = [_SeedBlock(cin, cout, stride, short)] + [_SeedBlock(cout, cout) for _ in range(n - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(512, num_classes)
+
+
+def test_tutorial_resnet34_is_the_tutorials_definition():
+    seed = _SeedResNet34()
+    torch.manual_seed(1)
+    for t in seed.state_dict().values():  # distinct values, so a misplaced tensor would show
+        if t.is_floating_point():
+            t.copy_(torch.randn_like(t))
+    model = build_model("tutorial.resnet34")
+    assert sum(p.numel() for p in model.parameters()) == 46_998_090
+    assert sum(p.numel() for p in seed.parameters()) == 46_998_090
+    result = model.load_state_dict(seed.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    mine = model.state_dict()
+    assert list(mine) == list(seed.state_dict())
+    for name, tensor in seed.state_dict().items():
+        assert torch.equal(mine[name], tensor), name
+    assert [n for n, _ in model.named_children()] == ["pre", "layer1", "layer2", "layer3", "layer4", "pool", "fc"]
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert model.layer1[0].right is not None and model.layer1[1].right is None
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cifarlab_resnet34_is_the_cifar_stem_net():
+    model = build_model("cifarlab.resnet34")
+    assert sum(p.numel() for p in model.parameters()) == 21_282_122
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
 
 
 def test_resnet8_width_and_channels_last():
