@@ -234,9 +234,37 @@ class LossParams(_Component):
     DEFAULT_KWARGS = {"CrossEntropyLoss": {"label_smoothing": 0.1}}
 
 
-class ParamGroup(_Strict):
-    prefix: str = Field(min_length=1)
-    lr_mult: float = Field(1.0, gt=0)
+class ParamGroup(BaseModel):
+    """One entry of optimizer.groups: which parameters (prefix, kind or both), and their args.
+
+    Any other key is an argument of the chosen optimizer for this group (momentum,
+    weight_decay, betas...), checked against its signature in cifarlab.optim.optimizers.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    prefix: Optional[str] = Field(None, min_length=1)
+    kind: Optional[Literal["bias", "norm"]] = None
+    lr_mult: Optional[float] = Field(None, gt=0)
+    lr: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _selects_and_one_lr(self):
+        if self.prefix is None and self.kind is None:
+            raise ValueError("a group needs a prefix (a module path like fc3), a kind "
+                             "(bias or norm), or both")
+        if self.lr is not None and self.lr_mult is not None:
+            raise ValueError("give lr (the group's own) or lr_mult (times optimizer.lr), not both")
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        """The optimizer arguments this group sets besides its lr."""
+        return dict(self.model_extra or {})
+
+    def group_lr(self, base: float) -> float:
+        return self.lr if self.lr is not None else base * (self.lr_mult or 1.0)
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in (("prefix", self.prefix), ("kind", self.kind)) if v)
 
 
 class OptimizerParams(_Component):
