@@ -58,6 +58,9 @@ def test_local_names_are_the_specified_ones():
         "tutorial.net_ordereddict",
         "tutorial.alexnet",
         "tutorial.resnet34",
+        "tutorial.modulelist_net",
+        "tutorial.moduledict_net",
+        "tutorial.beginner_net",
     }
     assert DEFAULT_MODEL == "cifarlab.resnet8" == ModelParams().name
     names = model_names()
@@ -86,7 +89,8 @@ def test_tutorial_nets_are_the_same_lenet():
         names = dict(model.named_parameters())
         for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
             assert f"{layer}.weight" in names
-    assert {n for n, _ in nets[0].named_children()} == {"conv1", "pool1", "conv2", "pool2", "fc1", "fc2", "fc3"}
+    assert {n for n, _ in nets[0].named_children()} == {"conv1", "pool1", "conv2", "pool2", "fc1", "fc2", "fc3",
+                                                        "act1", "act2", "act3", "act4"}
     assert "0.weight" in dict(nets[1].named_parameters())
     # Same weights in, same logits out: the three spellings compute the same function.
     nets[1].load_state_dict(dict(zip(nets[1].state_dict(), nets[0].state_dict().values())))
@@ -267,3 +271,36 @@ def test_summary_counts_direct_parameters_and_reports_shapes():
     assert "Trainable params: 20" in text and "Non-trainable params: 30,720" in text
     assert "did not call" not in text
     assert model.training  # restored after the eval-mode pass
+
+
+@pytest.mark.parametrize("name", ["tutorial.net", "tutorial.net_sequential", "tutorial.net_ordereddict"])
+@pytest.mark.parametrize("act", ["GELU", "SiLU", "PReLU", "Tanh", "LeakyReLU"])
+def test_tutorial_nets_take_an_activation_by_name(name, act):
+    model = build_model(name, {"activation": act})
+    assert sum(isinstance(m, getattr(nn, act)) for m in model.modules()) == 4
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    _train_step(model)
+
+
+@pytest.mark.parametrize("act, words", [("GLU", "halves a dimension"), ("Softmax", "normalizes"),
+                                        ("Threshold", "needs arguments"), ("Relu", "unknown activation")])
+def test_bad_activation_is_one_clear_error(act, words):
+    with pytest.raises(ParamsError) as err:
+        check_model(_model(name="tutorial.net", tutorial={"net": {"activation": act}}))
+    assert err.value.key == "model.tutorial.net" and words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_course_variants():
+    mlist = build_model("tutorial.modulelist_net", {"depth": 5, "width": 32})
+    assert isinstance(mlist.linears, nn.ModuleList) and len(mlist.linears) == 5
+    for choice, act in [("conv", "relu"), ("pool", "prelu")]:
+        mdict = build_model("tutorial.moduledict_net", {"choice": choice, "act": act})
+        assert isinstance(mdict.choices, nn.ModuleDict) and set(mdict.choices) == {"conv", "pool"}
+        _train_step(mdict)
+    with pytest.raises(ParamsError, match="choice must be one of conv, pool"):
+        check_model(_model(name="tutorial.moduledict_net", tutorial={"moduledict_net": {"choice": "fc"}}))
+    beginner = build_model("tutorial.beginner_net")
+    convs = [m.out_channels for m in beginner.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [(m.in_features, m.out_features) for m in beginner.modules() if isinstance(m, nn.Linear)]
+    assert convs == [32, 32, 64] and fcs == [(1024, 64), (64, 10)]

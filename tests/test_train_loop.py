@@ -431,3 +431,18 @@ def test_fit_logs_the_gradient_norm_when_clipping(tree, tmp_path):
     assert [e.step for e in acc.Scalars("gradients/grad_norm")] == [1, 2]
     plain = run(tree, tmp_path / "plain", tiny(**{"train.histograms": False}))
     assert "grad_norm" not in plain["history"][0]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("tutorial.modulelist_net", {"depth": 3, "width": 32}),
+    ("tutorial.moduledict_net", {"choice": "pool", "act": "prelu"}),
+    ("tutorial.beginner_net", None),
+    ("tutorial.net", {"activation": "GELU"}),
+])
+def test_model_chapter_variants_train_an_epoch(tree, tmp_path, name, kwargs):
+    over = {"model.name": name, "train.epochs": 1, "train.histograms": False}
+    if kwargs:
+        over[f"model.{name}"] = kwargs
+    result = run(tree, tmp_path, tiny(**over))
+    assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
+    assert (tmp_path / "models/model.pt").is_file()

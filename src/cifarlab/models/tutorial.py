@@ -24,11 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifarlab.models.course import activation as make_activation
+
 
 class Net(nn.Module):
-    """conv(3->6, 5x5) pool conv(6->16, 5x5) pool fc(400->120) fc(120->84) fc(84->classes)."""
+    """conv(3->6, 5x5) pool conv(6->16, 5x5) pool fc(400->120) fc(120->84) fc(84->classes).
 
-    def __init__(self, num_classes: int = 10):
+    `activation`: the torch.nn activation after each conv and hidden fc (ReLU as in the
+    tutorial; any shape-preserving one by name: GELU, SiLU, PReLU, Tanh...), held as
+    `act1`..`act4` so the layer names stay the tutorial's.
+    """
+
+    def __init__(self, num_classes: int = 10, activation: str = "ReLU"):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 6, 5)
         self.pool1 = nn.MaxPool2d(2, 2)
@@ -37,42 +44,43 @@ class Net(nn.Module):
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
+        self.act1, self.act2, self.act3, self.act4 = (make_activation(activation) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(F.relu(self.conv1(x)))
-        x = self.pool2(F.relu(self.conv2(x)))
+        x = self.pool1(self.act1(self.conv1(x)))
+        x = self.pool2(self.act2(self.conv2(x)))
         x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = F.relu(self.fc2(x))
+        x = self.act3(self.fc1(x))
+        x = self.act4(self.fc2(x))
         return self.fc3(x)
 
 
-def _lenet_layers(num_classes: int) -> list[tuple[str, nn.Module]]:
+def _lenet_layers(num_classes: int, activation: str = "ReLU") -> list[tuple[str, nn.Module]]:
     """Net's layers in order, named as in `Net` (activations get their own names)."""
     return [
         ("conv1", nn.Conv2d(3, 6, 5)),
-        ("relu1", nn.ReLU()),
+        ("relu1", make_activation(activation)),
         ("pool1", nn.MaxPool2d(2, 2)),
         ("conv2", nn.Conv2d(6, 16, 5)),
-        ("relu2", nn.ReLU()),
+        ("relu2", make_activation(activation)),
         ("pool2", nn.MaxPool2d(2, 2)),
         ("flatten", nn.Flatten()),
         ("fc1", nn.Linear(16 * 5 * 5, 120)),
-        ("relu3", nn.ReLU()),
+        ("relu3", make_activation(activation)),
         ("fc2", nn.Linear(120, 84)),
-        ("relu4", nn.ReLU()),
+        ("relu4", make_activation(activation)),
         ("fc3", nn.Linear(84, num_classes)),
     ]
 
 
-def net_sequential(num_classes: int = 10) -> nn.Sequential:
+def net_sequential(num_classes: int = 10, activation: str = "ReLU") -> nn.Sequential:
     """Net as a plain nn.Sequential: parameters are named by position (0.weight, 3.weight...)."""
-    return nn.Sequential(*(layer for _, layer in _lenet_layers(num_classes)))
+    return nn.Sequential(*(layer for _, layer in _lenet_layers(num_classes, activation)))
 
 
-def net_ordereddict(num_classes: int = 10) -> nn.Sequential:
+def net_ordereddict(num_classes: int = 10, activation: str = "ReLU") -> nn.Sequential:
     """Net as nn.Sequential(OrderedDict(...)): positional, but with Net's layer names."""
-    return nn.Sequential(OrderedDict(_lenet_layers(num_classes)))
+    return nn.Sequential(OrderedDict(_lenet_layers(num_classes, activation)))
 
 
 class AlexNet(nn.Module):
