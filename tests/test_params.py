@@ -77,7 +77,7 @@ def test_argument_sections_merge_over_their_defaults():
     ("augment.train", [{"RandomCrop": {}, "Pad": {}}], "augment.train", "one transform name"),
     ("augment.backend", "gpu", "augment.backend", "tensor"),
     ("optimizer.groups", [{"lr_mult": 10}], "optimizer.groups.0", "prefix"),
-    ("train.clip", {"mode": "norm"}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "norm", "max": None}, "train.clip.max", "must be a positive number"),
     ("train.clip", {"mode": "value", "max": 0}, "train.clip.max", "must be a positive number"),
     ("train.clip", {"mode": "norm", "max": -1.5}, "train.clip.max", "must be a positive number"),
     ("train.clip", {"mode": "norm", "max": "big"}, "train.clip.max", "must be a positive number"),

@@ -289,24 +289,20 @@ class ClipParams(_Strict):
     """train.clip: gradient clipping after backward (after unscaling under fp16 autocast)."""
 
     mode: Literal["none", "norm", "value"] = "none"
-    max: Optional[Any] = None  # checked below, so every bad value gets the same one line
+    max: Any = 1.0  # checked below, so every bad value gets the same one line
     norm_type: float = Field(2.0, gt=0)
 
     @field_validator("max")
     @classmethod
-    def _positive(cls, v, info):
-        mode = info.data.get("mode", "none")
-        if v is None and mode == "none":
-            return v
+    def _positive(cls, v):
         if isinstance(v, str):
             try:
                 v = float(v)  # YAML reads 1e-3 (no dot) as text
             except ValueError:
                 pass
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            what = mode if mode != "none" else "norm or value"
-            raise ValueError(f"must be a positive number, the largest gradient {what} to allow"
-                             + (f" (train.clip.mode is {mode})" if v is None else ""))
+            raise ValueError("must be a positive number, the largest gradient norm (mode norm) or "
+                             "element (mode value) to allow")
         return float(v)
 
 
