@@ -108,3 +108,22 @@ def untimed_history(root) -> list[dict]:
     with open(root / "reports/train/history.csv") as f:
         return [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
                 for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_groups_list_and_clipping_through_dvc_exp_run(project):
+    """The documented -S forms reach training through the real dvc exp run: a whole
+    optimizer.groups list in Hydra syntax and train.clip as a mapping."""
+    import yaml
+
+    res = project.dvc("exp", "run", "-S", "++optimizer.groups=[{kind: bias, weight_decay: 0}, {prefix: fc3, lr_mult: 10}]",
+                      "-S", "++train.clip={mode: norm, max: 1.0}")
+    assert "train" in project.ran(res), res.stdout
+    params = yaml.safe_load((project.path / "params.yaml").read_text())
+    assert params["optimizer"]["groups"] == [{"kind": "bias", "weight_decay": 0}, {"prefix": "fc3", "lr_mult": 10}]
+    with open(project.path / "reports/train/history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"lr_0", "lr_1", "lr_2", "grad_norm", "grad_norm_max", "clipped"} <= set(rows[0])
+    assert all(float(r["grad_norm"]) > 0 and 0 <= float(r["clipped"]) <= 1 for r in rows)
+    # fc3's weight is in group 2 at 10x (its bias went to the bias group, the first match)
+    assert all(float(r["lr_2"]) == pytest.approx(10 * float(r["lr_0"]), abs=1e-5) for r in rows)  # csv: 6 decimals

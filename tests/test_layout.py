@@ -25,8 +25,9 @@ ALLOWED: dict[str, set[str]] = {
     "stage": BASE,
     "gather": BASE,
     "predict": BASE | {"artifact", "engine", "augment", "models", "data"},
+    "lr_find": BASE | {"engine", "optim", "augment", "models", "data"},
     "pipeline": BASE | {"stage", "artifact", "engine", "optim", "augment", "models", "viz", "data", "archive"},
-    "cli": BASE | {"archive", "gather", "predict", "pipeline", "artifact", "engine", "models", "augment", "data"},
+    "cli": BASE | {"archive", "gather", "predict", "lr_find", "pipeline", "artifact", "engine", "models", "augment", "data"},
     "__main__": {"cli"},
 }
 STAGE_SCRIPTS_MAY_IMPORT = {"pipeline", "params", "stage"}

@@ -52,11 +52,15 @@ def _train_step(model: nn.Module, channels_last: bool = False) -> torch.Tensor:
 def test_local_names_are_the_specified_ones():
     assert set(LOCAL) == {
         "cifarlab.resnet8",
+        "cifarlab.resnet34",
         "tutorial.net",
         "tutorial.net_sequential",
         "tutorial.net_ordereddict",
         "tutorial.alexnet",
         "tutorial.resnet34",
+        "tutorial.modulelist_net",
+        "tutorial.moduledict_net",
+        "tutorial.beginner_net",
     }
     assert DEFAULT_MODEL == "cifarlab.resnet8" == ModelParams().name
     names = model_names()
@@ -85,7 +89,8 @@ def test_tutorial_nets_are_the_same_lenet():
         names = dict(model.named_parameters())
         for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
             assert f"{layer}.weight" in names
-    assert {n for n, _ in nets[0].named_children()} == {"conv1", "pool1", "conv2", "pool2", "fc1", "fc2", "fc3"}
+    assert {n for n, _ in nets[0].named_children()} == {"conv1", "pool1", "conv2", "pool2", "fc1", "fc2", "fc3",
+                                                        "act1", "act2", "act3", "act4"}
     assert "0.weight" in dict(nets[1].named_parameters())
     # Same weights in, same logits out: the three spellings compute the same function.
     nets[1].load_state_dict(dict(zip(nets[1].state_dict(), nets[0].state_dict().values())))
@@ -93,6 +98,60 @@ def test_tutorial_nets_are_the_same_lenet():
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(nets[0](x), nets[1](x))
     torch.testing.assert_close(nets[0](x), nets[2](x))
+
+
+class _SeedBlock(nn.Module):
+    """Chapter 2.1's residual block as the tutorial writes it: `left` and `right`."""
+
+    def __init__(self, cin, cout, stride=1, shortcut=None):
+        super().__init__()
+        self.left = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.right = shortcut
+
+
+class _SeedResNet34(nn.Module):
+    """Chapter 2.1's ResNet34, only the definition (names and shapes): pre, layer1-4, fc."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.pre = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                 nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        stages = [(64, 128, 3, 1), (128, 256, 4, 2), (256, 512, 6, 2), (512, 512, 3, 2)]
+        for i, (cin, cout, n, stride) in enumerate(stages, 1):
+            short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            blocks = [_SeedBlock(cin, cout, stride, short)] + [_SeedBlock(cout, cout) for _ in range(n - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(512, num_classes)
+
+
+def test_tutorial_resnet34_is_the_tutorials_definition():
+    seed = _SeedResNet34()
+    torch.manual_seed(1)
+    for t in seed.state_dict().values():  # distinct values, so a misplaced tensor would show
+        if t.is_floating_point():
+            t.copy_(torch.randn_like(t))
+    model = build_model("tutorial.resnet34")
+    assert sum(p.numel() for p in model.parameters()) == 46_998_090
+    assert sum(p.numel() for p in seed.parameters()) == 46_998_090
+    result = model.load_state_dict(seed.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    mine = model.state_dict()
+    assert list(mine) == list(seed.state_dict())
+    for name, tensor in seed.state_dict().items():
+        assert torch.equal(mine[name], tensor), name
+    assert [n for n, _ in model.named_children()] == ["pre", "layer1", "layer2", "layer3", "layer4", "pool", "fc"]
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert model.layer1[0].right is not None and model.layer1[1].right is None
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_cifarlab_resnet34_is_the_cifar_stem_net():
+    model = build_model("cifarlab.resnet34")
+    assert sum(p.numel() for p in model.parameters()) == 21_282_122
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
 
 
 def test_resnet8_width_and_channels_last():
@@ -212,3 +271,36 @@ def test_summary_counts_direct_parameters_and_reports_shapes():
     assert "Trainable params: 20" in text and "Non-trainable params: 30,720" in text
     assert "did not call" not in text
     assert model.training  # restored after the eval-mode pass
+
+
+@pytest.mark.parametrize("name", ["tutorial.net", "tutorial.net_sequential", "tutorial.net_ordereddict"])
+@pytest.mark.parametrize("act", ["GELU", "SiLU", "PReLU", "Tanh", "LeakyReLU"])
+def test_tutorial_nets_take_an_activation_by_name(name, act):
+    model = build_model(name, {"activation": act})
+    assert sum(isinstance(m, getattr(nn, act)) for m in model.modules()) == 4
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    _train_step(model)
+
+
+@pytest.mark.parametrize("act, words", [("GLU", "halves a dimension"), ("Softmax", "normalizes"),
+                                        ("Threshold", "needs arguments"), ("Relu", "unknown activation")])
+def test_bad_activation_is_one_clear_error(act, words):
+    with pytest.raises(ParamsError) as err:
+        check_model(_model(name="tutorial.net", tutorial={"net": {"activation": act}}))
+    assert err.value.key == "model.tutorial.net" and words in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_course_variants():
+    mlist = build_model("tutorial.modulelist_net", {"depth": 5, "width": 32})
+    assert isinstance(mlist.linears, nn.ModuleList) and len(mlist.linears) == 5
+    for choice, act in [("conv", "relu"), ("pool", "prelu")]:
+        mdict = build_model("tutorial.moduledict_net", {"choice": choice, "act": act})
+        assert isinstance(mdict.choices, nn.ModuleDict) and set(mdict.choices) == {"conv", "pool"}
+        _train_step(mdict)
+    with pytest.raises(ParamsError, match="choice must be one of conv, pool"):
+        check_model(_model(name="tutorial.moduledict_net", tutorial={"moduledict_net": {"choice": "fc"}}))
+    beginner = build_model("tutorial.beginner_net")
+    convs = [m.out_channels for m in beginner.modules() if isinstance(m, nn.Conv2d)]
+    fcs = [(m.in_features, m.out_features) for m in beginner.modules() if isinstance(m, nn.Linear)]
+    assert convs == [32, 32, 64] and fcs == [(1024, 64), (64, 10)]

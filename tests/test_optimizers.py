@@ -173,6 +173,85 @@ def test_prefix_whose_parameters_an_earlier_group_took():
     assert "already in optimizer.groups.0" in str(err.value)
 
 
+GROUPINGS = [
+    [],
+    [{"prefix": "fc3", "lr_mult": 10}],
+    [{"kind": "bias", "weight_decay": 0}],
+    [{"kind": "bias", "weight_decay": 0}, {"kind": "norm", "weight_decay": 0}],
+    [{"prefix": "layer4", "kind": "bias", "lr": 0.5}, {"kind": "norm", "momentum": 0.5},
+     {"prefix": "fc", "lr_mult": 3}],
+    [{"kind": "norm", "weight_decay": 0}, {"prefix": "layer1", "lr_mult": 0.5}, {"kind": "bias"}],
+]
+
+
+@pytest.mark.parametrize("model_name", ["tutorial.net", "tutorial.resnet34", "cifarlab.resnet8"])
+@pytest.mark.parametrize("groups", GROUPINGS, ids=range(len(GROUPINGS)))
+def test_every_parameter_lands_in_exactly_one_group(model_name, groups):
+    from cifarlab.models import build_model
+    from cifarlab.optim.optimizers import assign_groups
+
+    with torch.device("meta"):
+        model = build_model(model_name)
+    params = _opt(groups=groups)
+    try:
+        built = param_groups(model, params)
+    except ParamsError as exc:  # a group that selects nothing in this model: named, not silent
+        assert exc.key.startswith("optimizer.groups."), exc
+        return
+    placed = [id(p) for g in built for p in g["params"]]
+    assert len(placed) == len(set(placed)) == len(list(model.parameters()))
+    owner = assign_groups(model, params)
+    for name, p in model.named_parameters():  # and the group is the first that selects it
+        index = owner.get(name, -1) + 1
+        assert any(q is p for q in built[index]["params"]), name
+
+
+def test_kinds_bias_and_norm_with_their_own_arguments():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LayerNorm(8),
+                          nn.Linear(8, 3, bias=False))
+    params = _opt(lr=0.1, momentum=0.9, weight_decay=5e-4,
+                  groups=[{"kind": "bias", "weight_decay": 0}, {"kind": "norm", "weight_decay": 0, "lr": 0.2}])
+    optimizer = build_optimizer(params, model)
+    rest, bias, norm = optimizer.param_groups
+    assert [p is model[0].weight or p is model[4].weight for p in rest["params"]] == [True, True]
+    # a norm layer's bias is a bias: the first group that selects it wins
+    assert {id(p) for p in bias["params"]} == {id(model[0].bias), id(model[1].bias), id(model[3].bias)}
+    assert {id(p) for p in norm["params"]} == {id(model[1].weight), id(model[3].weight)}
+    assert rest["weight_decay"] == 5e-4 and bias["weight_decay"] == 0 and norm["weight_decay"] == 0
+    assert bias["momentum"] == 0.9 and bias["lr"] == 0.1 and norm["lr"] == 0.2
+    assert norm["kind"] == "norm" and bias["prefix"] is None
+
+
+def test_a_group_sets_any_argument_of_the_optimizer():
+    model = Net()
+    params = _opt("Adam", lr=0.01, groups=[{"prefix": "fc3", "betas": [0.5, 0.9], "eps": 1e-6}])
+    optimizer = build_optimizer(params, model)
+    assert optimizer.param_groups[1]["betas"] == (0.5, 0.9) and optimizer.param_groups[1]["eps"] == 1e-6
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    _train_step(model, optimizer, torch.randn(4, 1, 4, 4))
+
+
+@pytest.mark.parametrize("group, key, words", [
+    ({"prefix": "fc3", "lr_mul": 10}, "optimizer.groups.0.lr_mul", "unknown argument of SGD"),
+    ({"prefix": "fc3", "betas": [0.9, 0.99]}, "optimizer.groups.0.betas", "unknown argument of SGD"),
+    ({"prefix": "fc3", "momentum": "high"}, "optimizer.groups.0.momentum", "a finite number"),
+    ({"prefix": "fc3", "params": ["x"]}, "optimizer.groups.0.params", "cannot be set here"),
+    ({"prefix": "fc3", "momentum": -1.0}, "optimizer.groups.0", "Invalid momentum"),
+    ({"kind": "bias", "weight_decay": -1}, "optimizer.groups.0", "Invalid weight_decay"),
+])
+def test_bad_group_arguments_name_the_key(group, key, words):
+    with pytest.raises(ParamsError) as err:
+        check_optimizer(_opt(groups=[group]))
+    assert err.value.key == key, err.value
+    assert words in str(err.value)
+
+
+def test_kind_selecting_nothing_is_named():
+    with pytest.raises(ParamsError) as err:
+        param_groups(Net(bias=False), _opt(groups=[{"kind": "bias", "weight_decay": 0}]))
+    assert err.value.key == "optimizer.groups.0.kind" and "selects no parameter" in str(err.value)
+
+
 def test_all_frozen_is_an_error():
     model = Net().requires_grad_(False)
     with pytest.raises(ParamsError, match="nothing to train"):
@@ -232,7 +311,7 @@ def test_unknown_kwarg_is_named_with_the_accepted_ones():
         ("Adam", {"amsgrad": "yes"}, "optimizer.Adam.amsgrad", "true or false"),
         ("SGD", {"momentum": "high"}, "optimizer.SGD.momentum", "a finite number"),
         ("SGD", {"momentum": -0.5}, "optimizer.SGD", "Invalid momentum"),
-        ("SGD", {"nesterov": True}, "optimizer.SGD", "Nesterov momentum requires"),
+        ("SGD", {"nesterov": True, "momentum": 0}, "optimizer.SGD", "Nesterov momentum requires"),
         ("RMSprop", {"alpha": float("nan")}, "optimizer.RMSprop.alpha", "a finite number"),
         ("LBFGS", {"history_size": 2.5}, "optimizer.LBFGS.history_size", "an integer"),
         ("LBFGS", {"line_search_fn": "wolfe"}, "optimizer.LBFGS", "only 'strong_wolfe'"),

@@ -76,7 +76,16 @@ def test_argument_sections_merge_over_their_defaults():
     ("model.resnet", {"x": {}}, "model", "cifarlab, tutorial, torchvision"),
     ("augment.train", [{"RandomCrop": {}, "Pad": {}}], "augment.train", "one transform name"),
     ("augment.backend", "gpu", "augment.backend", "tensor"),
-    ("optimizer.groups", [{"prefix": "fc3", "lr_mul": 10}], "optimizer.groups.0.lr_mul", "unknown key"),
+    ("optimizer.groups", [{"lr_mult": 10}], "optimizer.groups.0", "prefix"),
+    ("train.clip", {"mode": "norm", "max": None}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "value", "max": 0}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "norm", "max": -1.5}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "norm", "max": "big"}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "norm", "max": True}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "norm", "max": float("inf")}, "train.clip.max", "must be a positive number"),
+    ("train.clip", {"mode": "clamp", "max": 1}, "train.clip.mode", "'none', 'norm' or 'value'"),
+    ("optimizer.groups", [{"kind": "weights"}], "optimizer.groups.0.kind", "bias"),
+    ("optimizer.groups", [{"prefix": "fc3", "lr": 0.1, "lr_mult": 10}], "optimizer.groups.0", "not both"),
 ])
 def test_bad_values_name_the_key(path, value, key, words):
     with pytest.raises(ParamsError) as err:

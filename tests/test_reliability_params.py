@@ -145,6 +145,9 @@ def test_every_key_refuses_a_wrong_type(request, path, value):
 OUT_OF_RANGE: dict[str, tuple | None] = {
     "seed": (2**64, {}),  # torch.manual_seed and the per-epoch generators take < 2**63
     "split.train": (1.5, {}),
+    "train.clip.max": (0, {}),
+    "train.clip.norm_type": (0, {}),
+    "scheduler.ExponentialLR.gamma": (-1.0, {"scheduler.name": "ExponentialLR"}),
     "split.valid": (-0.1, {}),
     "split.test": (1.5, {}),
     "split.seed": (-1, {}),  # numpy's default_rng takes non-negative seeds only

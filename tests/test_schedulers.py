@@ -192,7 +192,7 @@ def test_one_cycle_peaks_at_each_groups_own_lr_over_the_whole_run():
 
 
 def test_one_cycle_momentum_only_when_the_optimizer_has_some():
-    _, optimizer, sched = _setup("OneCycleLR", {}, opt="SGD")
+    _, optimizer, sched = _setup("OneCycleLR", {}, opt="SGD", momentum=0, nesterov=False)
     assert not sched.inner.cycle_momentum and optimizer.param_groups[0]["momentum"] == 0
     _, _, sched = _setup("OneCycleLR", {}, opt="Adagrad")
     assert not sched.inner.cycle_momentum
@@ -369,3 +369,16 @@ def test_scheduler_defaults_are_the_tutorials_and_written_values_win():
     assert sched.last_lrs() == pytest.approx([0.95 ** 2])
     _, _, sched = _setup("StepLR", {"step_size": 2}, lr=1.0)
     assert sched.inner.step_size == 2
+
+
+def test_tutorial_lambda_lr_two_groups():
+    """Section 3.4's example: fc3 at 100x lr 0.001, lambdas epoch // 3 and 0.95 ** epoch."""
+    model, optimizer, sched = _setup(
+        "LambdaLR", {"lr_lambda": ["epoch // 3", "0.95 ** epoch"]}, lr=0.001,
+        groups=[{"prefix": "fc3", "lr_mult": 100}], epochs=10, steps=1, momentum=0.9, weight_decay=1e-4,
+    )
+    seen = _run(model, optimizer, sched, 10, 1)
+    expected = [[0.0, 0.1], [0.0, 0.095], [0.0, 0.09025], [0.001, 0.0857375], [0.001, 0.081450625],
+                [0.001, 0.07737809374999999], [0.002, 0.07350918906249998], [0.002, 0.06983372960937498],
+                [0.002, 0.06634204312890622], [0.003, 0.0630249409724609]]
+    assert seen == [pytest.approx(e) for e in expected]

@@ -357,3 +357,92 @@ def test_train_one_epoch_names_the_first_non_finite_step():
     with pytest.raises(NonFiniteLoss, match=rf"epoch 1, step {step};"):
         train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
                         scheduler=Scheduler("none", None, opt), scaler=torch.amp.GradScaler("cpu", enabled=False))
+
+
+def _grads_of(model, x, y):
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("mode, limit", [("norm", 0.05), ("value", 0.01), ("norm", 1e6)])
+def test_clip_gradients_by_norm_and_value(mode, limit):
+    from cifarlab.engine.loop import clip_gradients
+    from cifarlab.params import ClipParams
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 3)
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    raw = _grads_of(model, x, y)
+    true_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in raw]))
+    out = clip_gradients(model, ClipParams(mode=mode, max=limit))
+    assert out[0].item() == pytest.approx(true_norm.item(), rel=1e-5)  # the norm before clipping
+    after = [p.grad for p in model.parameters()]
+    if mode == "norm":
+        scale = min(1.0, limit / true_norm.item())
+        for g, a in zip(raw, after):
+            torch.testing.assert_close(a, g * scale, rtol=1e-5, atol=1e-7)
+        assert bool(out[1]) == (true_norm.item() > limit)
+    else:
+        for g, a in zip(raw, after):
+            torch.testing.assert_close(a, g.clamp(-limit, limit))
+        assert bool(out[1]) == any(g.abs().max() > limit for g in raw)
+
+
+def test_clipping_happens_after_unscaling_and_is_reported():
+    """With a GradScaler (fp16 autocast's) the clip must see the true gradients: scaled ones
+    are 2**12 times larger and would always be clipped, so the step would be wrong."""
+    from cifarlab.engine.loop import TensorSource, train_one_epoch
+    from cifarlab.optim.schedulers import Scheduler
+    from cifarlab.params import ClipParams
+
+    torch.manual_seed(0)
+    n = 8
+    images = torch.randint(0, 255, (n, 3, 2, 2), dtype=torch.uint8)
+    labels = torch.arange(n) % 3
+    src = TensorSource(images, labels, lambda x, g: x.float() / 255, n, seed=0, shuffle=False)
+    x, y = next(iter(src.batches(0)))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    raw = _grads_of(model, x, y)
+    true_norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in raw])).item()
+    limit = true_norm / 4  # clipping bites: the step is a quarter of the plain one
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=True)
+    res = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
+                          scheduler=Scheduler("none", None, opt), scaler=scaler,
+                          clip=ClipParams(mode="norm", max=limit))
+    assert res["grad_norm"] == pytest.approx(true_norm, rel=1e-4)
+    assert res["grad_norm_max"] == pytest.approx(true_norm, rel=1e-4) and res["clipped"] == 1.0
+    for p, b, g in zip(model.parameters(), before, raw):
+        torch.testing.assert_close(p.detach(), b - g / 4, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_logs_the_gradient_norm_when_clipping(tree, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = run(tree, tmp_path, tiny(**{"train.clip": {"mode": "norm", "max": 1.0}, "train.histograms": False}))
+    rows = result["history"]
+    assert all(r["grad_norm"] > 0 and r["grad_norm_max"] >= r["grad_norm"] and 0 <= r["clipped"] <= 1 for r in rows)
+    header = (tmp_path / "reports/history.csv").read_text().splitlines()[0].split(",")
+    assert {"grad_norm", "grad_norm_max", "clipped"} <= set(header)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("gradients/grad_norm")] == [1, 2]
+    plain = run(tree, tmp_path / "plain", tiny(**{"train.histograms": False}))
+    assert "grad_norm" not in plain["history"][0]
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("tutorial.modulelist_net", {"depth": 3, "width": 32}),
+    ("tutorial.moduledict_net", {"choice": "pool", "act": "prelu"}),
+    ("tutorial.beginner_net", None),
+    ("tutorial.net", {"activation": "GELU"}),
+])
+def test_model_chapter_variants_train_an_epoch(tree, tmp_path, name, kwargs):
+    over = {"model.name": name, "train.epochs": 1, "train.histograms": False}
+    if kwargs:
+        over[f"model.{name}"] = kwargs
+    result = run(tree, tmp_path, tiny(**over))
+    assert len(result["history"]) == 1 and result["history"][0]["train_loss"] > 0
+    assert (tmp_path / "models/model.pt").is_file()

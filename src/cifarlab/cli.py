@@ -1,7 +1,8 @@
 """The `cifarlab` command: the steps that are not pipeline stages.
 
 `get-archive` runs before `dvc repro` (DVC stops when a dependency is missing); `predict`
-and `export` use a trained model; `tensorboard-gather` compares experiments. Each
+and `export` use a trained model; `tensorboard-gather` compares experiments; `lr-find` runs
+the LR range test. Each
 subcommand imports only what it needs, so `cifarlab --help` answers at once.
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ EPILOG = """\
 examples:
   cifarlab get-archive --from ~/Downloads/cifar-10-python.tar.gz
   cifarlab predict photo.jpg --top-k 3 --json
-  cifarlab export --out model.onnx"""
+  cifarlab export --out model.onnx
+  cifarlab lr-find --steps 300"""
 
 
 def _get_archive(args) -> None:
@@ -77,6 +79,21 @@ def _tensorboard_gather(args) -> None:
     done = gather(args.out, args.experiments or None, repo=args.repo)
     if args.clean:
         remove_stale(Path(args.out), list(done))
+
+
+def _lr_find(args) -> None:
+    from cifarlab.lr_find import lr_find
+    from cifarlab.params import load_params
+
+    params = load_params(args.params)
+    data = Path(args.data)
+    result = lr_find(params, out=Path(args.out), index=data / "index/train.txt", stats=data / "stats/normalize.json",
+                     meta=data / "meta.json", start=args.start, end=args.end, steps=args.steps,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"suggested maximum lr: {result['suggested_lr']:g} ({result['rule']}; lowest smoothed loss "
+          f"{result['min_smoothed_loss']:.3f} at lr {result['lr_at_min_loss']:.3g})")
+    print(f"plot and numbers: {Path(args.out) / 'lr_find.png'}, {Path(args.out) / 'lr_find.json'}")
+    print(result["command"])
 
 
 def version() -> str:
@@ -145,6 +162,21 @@ def main(argv=None) -> int:
     t.add_argument("--repo", default=".", help="the DVC repository (default: the current folder)")
     t.add_argument("--clean", action="store_true", help="also delete folders under OUT of experiments not gathered now")
     t.set_defaults(func=_tensorboard_gather)
+
+    lf = sub.add_parser("lr-find", help="the LR range test: suggest a maximum learning rate for optimizer.lr",
+                        description="Train a fresh copy of the configured model (params.yaml) for a few hundred "
+                        "steps while the lr rises exponentially from --start to --end; write the loss against "
+                        "the lr (log x axis, smoothed) to OUT/lr_find.png and the suggestion to OUT/lr_find.json, "
+                        "and print the `dvc exp run -S optimizer.lr=...` line that uses it. Rule: one tenth of the "
+                        "lr at the lowest smoothed loss. Needs the data stages' outputs (dvc repro stats); "
+                        "touches no pipeline output.")
+    lf.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
+    lf.add_argument("--data", default="data", help="the folder with index/, stats/ and meta.json (default: %(default)s)")
+    lf.add_argument("--out", default="reports/lr_find", help="where to write the plot and JSON (default: %(default)s)")
+    lf.add_argument("--steps", type=int, default=300, help="training steps of the sweep (default: %(default)s)")
+    lf.add_argument("--start", type=float, default=1e-6, help="the first lr (default: %(default)s)")
+    lf.add_argument("--end", type=float, default=10.0, help="the last lr (default: %(default)s)")
+    lf.set_defaults(func=_lr_find)
 
     args = parser.parse_args(argv)
     try:

@@ -234,9 +234,37 @@ class LossParams(_Component):
     DEFAULT_KWARGS = {"CrossEntropyLoss": {"label_smoothing": 0.1}}
 
 
-class ParamGroup(_Strict):
-    prefix: str = Field(min_length=1)
-    lr_mult: float = Field(1.0, gt=0)
+class ParamGroup(BaseModel):
+    """One entry of optimizer.groups: which parameters (prefix, kind or both), and their args.
+
+    Any other key is an argument of the chosen optimizer for this group (momentum,
+    weight_decay, betas...), checked against its signature in cifarlab.optim.optimizers.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_default=True)
+    prefix: Optional[str] = Field(None, min_length=1)
+    kind: Optional[Literal["bias", "norm"]] = None
+    lr_mult: Optional[float] = Field(None, gt=0)
+    lr: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _selects_and_one_lr(self):
+        if self.prefix is None and self.kind is None:
+            raise ValueError("a group needs a prefix (a module path like fc3), a kind "
+                             "(bias or norm), or both")
+        if self.lr is not None and self.lr_mult is not None:
+            raise ValueError("give lr (the group's own) or lr_mult (times optimizer.lr), not both")
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        """The optimizer arguments this group sets besides its lr."""
+        return dict(self.model_extra or {})
+
+    def group_lr(self, base: float) -> float:
+        return self.lr if self.lr is not None else base * (self.lr_mult or 1.0)
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in (("prefix", self.prefix), ("kind", self.kind)) if v)
 
 
 class OptimizerParams(_Component):
@@ -257,6 +285,27 @@ class SchedulerParams(_Component):
                       "ReduceLROnPlateau": {"monitor": "valid_loss", "factor": 0.1, "patience": 5}}
 
 
+class ClipParams(_Strict):
+    """train.clip: gradient clipping after backward (after unscaling under fp16 autocast)."""
+
+    mode: Literal["none", "norm", "value"] = "none"
+    max: Any = 1.0  # checked below, so every bad value gets the same one line
+    norm_type: float = Field(2.0, gt=0)
+
+    @field_validator("max")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, str):
+            try:
+                v = float(v)  # YAML reads 1e-3 (no dot) as text
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError("must be a positive number, the largest gradient norm (mode norm) or "
+                             "element (mode value) to allow")
+        return float(v)
+
+
 class TrainParams(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -270,6 +319,7 @@ class TrainParams(_Strict):
     diagnostics: bool = True
     #: train loss and learning rate in TensorBoard every this many steps (`step/*`); 0: off
     log_every_steps: int = Field(50, ge=0)
+    clip: ClipParams = Field(default_factory=ClipParams)
 
     _device = field_validator("device")(lambda cls, v: _check_device(v))
 

@@ -110,6 +110,9 @@ class TrainLogger:
         for i, lr in enumerate(lrs):
             w.add_scalar(f"learning_rate/group_{i}", lr, e)
         w.add_scalar("speed/images_per_second", row["images_per_second"], e)
+        for key in ("grad_norm", "grad_norm_max", "clipped"):  # with train.clip: does it bite?
+            if key in row:
+                w.add_scalar(f"gradients/{key}", row[key], e)
         if self.histograms:
             for name, p in model.named_parameters():
                 w.add_histogram(f"weights/{name}", p.detach().float().cpu(), e, bins=HISTOGRAM_BINS)

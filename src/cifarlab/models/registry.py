@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from cifarlab.models import cifar, torchvision_adapt, tutorial
+from cifarlab.models import cifar, course, torchvision_adapt, tutorial
 from cifarlab.models.finetune import freeze, load_pretrained
 from cifarlab.models.init import apply_init, check_init
 
@@ -90,7 +90,7 @@ class TorchvisionSource:
 
 SOURCES = {
     "cifarlab": LocalSource("cifarlab", cifar.MODELS),
-    "tutorial": LocalSource("tutorial", tutorial.MODELS),
+    "tutorial": LocalSource("tutorial", {**tutorial.MODELS, **course.MODELS}),
     "torchvision": TorchvisionSource(),
 }
 

@@ -1,4 +1,4 @@
-"""Optimizers from `torch.optim`, chosen by name, with per-prefix learning rates.
+"""Optimizers from `torch.optim`, chosen by name, with per-group arguments.
 
 ``optimizer.name`` is looked up in `torch.optim` itself (every exported subclass of
 `torch.optim.Optimizer`), so a class added by a newer torch is available without a code
@@ -31,9 +31,16 @@ REFUSED = {
 
 #: Keyword arguments set elsewhere, and where.
 _FIXED = {
-    "lr": "the learning rate is optimizer.lr (times each group's lr_mult); set it there",
+    "lr": "the learning rate is optimizer.lr (a group's own: lr or lr_mult in optimizer.groups); set it there",
     "params": "the parameters come from the model and optimizer.groups",
 }
+
+#: Keys of an optimizer.groups entry that are cifarlab's own, not the optimizer's.
+_GROUP_KEYS = {"prefix", "kind", "lr_mult", "lr"}
+
+#: Layer types whose parameters are `kind: norm`.
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
+              *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 
 
 
@@ -68,13 +75,34 @@ def _resolve(params: OptimizerParams) -> tuple[type[torch.optim.Optimizer], dict
     if params.groups and _single_group(cls):
         raise ParamsError(
             "optimizer.groups",
-            f"{name} supports only one parameter group, so no per-prefix lr_mult; "
+            f"{name} supports only one parameter group, so no per-group arguments; "
             "remove optimizer.groups or pick another optimizer",
         )
     kwargs = validate_kwargs(
         f"optimizer.{name}", cls, params.kwargs_for(name), skip=("params",), fixed=_FIXED
     )
     return cls, kwargs
+
+
+def group_kwargs(cls, params: OptimizerParams, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each optimizer.groups entry's own optimizer arguments, checked against `cls`.
+
+    Names and types as for optimizer.<Name>; then the class is built once with the group's
+    values over `kwargs` (the optimizer's), so torch's own constructor checks (a negative
+    momentum, betas outside [0, 1)) apply to a group's values too, naming the group.
+    """
+    out = []
+    for i, group in enumerate(params.groups):
+        key = f"optimizer.groups.{i}"
+        own = validate_kwargs(key, cls, group.kwargs(), skip=("params",),
+                              fixed={"params": _FIXED["params"]}, supplied=("lr",))
+        probe = nn.Parameter(torch.zeros(2, 2))
+        try:
+            cls([probe], **{**kwargs, **own, "lr": group.group_lr(params.lr)})
+        except TORCH_ARGUMENT_ERRORS as exc:
+            raise ParamsError(key, f"torch refused this group's arguments: {exc}", own or None) from None
+        out.append(own)
+    return out
 
 
 def _single_group(cls) -> bool:
@@ -108,16 +136,17 @@ def dummy_optimizer(params: OptimizerParams) -> tuple[torch.optim.Optimizer, lis
     """The configured optimizer over one small 2-D dummy parameter per group, and those.
 
     Groups as `param_groups` lays them out (the rest, then one per optimizer.groups entry)
-    with their learning rates, so group-dependent refusals (LBFGS) and 2-D-only optimizers
-    (Muon) behave as on a model whose groups hold weight matrices. Used to check the
-    optimizer, and the scheduler against it, without a model.
+    with their learning rates and own arguments, so group-dependent refusals (LBFGS, a bad
+    per-group value) and 2-D-only optimizers (Muon) behave as on a model whose groups hold
+    weight matrices. Used to check the optimizer, and the scheduler against it, without a model.
     """
     cls, kwargs = _resolve(params)
+    extra = group_kwargs(cls, params, kwargs)
     gen = torch.Generator().manual_seed(0)
     weights = [nn.Parameter(torch.randn(3, 4, generator=gen)) for _ in range(1 + len(params.groups))]
-    groups = [{"params": [weights[0]], "lr": params.lr, "prefix": None}] + [
-        {"params": [w], "lr": params.lr * g.lr_mult, "prefix": g.prefix}
-        for w, g in zip(weights[1:], params.groups)
+    groups = [{"params": [weights[0]], "lr": params.lr, "prefix": None, "kind": None}] + [
+        {**e, "params": [w], "lr": g.group_lr(params.lr), "prefix": g.prefix, "kind": g.kind}
+        for w, g, e in zip(weights[1:], params.groups, extra)
     ]
     return _construct(cls, groups, params, kwargs), weights
 
@@ -166,50 +195,89 @@ def _matches(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix if prefix.endswith(".") else prefix + ".")
 
 
-def param_groups(model: nn.Module, params: OptimizerParams) -> list[dict]:
-    """The optimizer's parameter groups: the rest first, then one per optimizer.groups entry.
+def _kinds(model: nn.Module) -> dict[str, set[str]]:
+    """Parameter names by kind: ``bias`` (every parameter named bias), ``norm`` (the weights
+    and biases of normalization layers: BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm)."""
+    norm = {
+        f"{m_name}.{p_name}" if m_name else p_name
+        for m_name, module in model.named_modules() if isinstance(module, NORM_TYPES)
+        for p_name, _ in module.named_parameters(recurse=False)
+    }
+    bias = {n for n, _ in model.named_parameters() if n.rpartition(".")[2] == "bias"}
+    return {"bias": bias, "norm": norm}
 
-    Group 0 holds every trainable parameter no prefix matched, at optimizer.lr; group i+1
-    holds those of optimizer.groups[i], at optimizer.lr * lr_mult (the tutorial's ``fc3`` at
-    10x). The order is fixed even when group 0 is empty, so a per-group list elsewhere
-    (LambdaLR formulas, OneCycleLR max_lr) lines up with ``[rest, *optimizer.groups]``.
 
-    A prefix matches a parameter name at a module boundary (``fc`` matches ``fc.weight``,
-    not ``fc3.weight``). A parameter matched by two prefixes goes to the *first* group that
-    lists it. Frozen parameters (requires_grad False, see model.freeze) are left out. Each
-    group carries a ``prefix`` key (None for the rest) for logging.
+def _selects(group, name: str, kinds: dict[str, set[str]]) -> bool:
+    """Whether an optimizer.groups entry selects the parameter `name` (prefix and kind both)."""
+    return ((group.prefix is None or _matches(name, group.prefix))
+            and (group.kind is None or name in kinds[group.kind]))
+
+
+def _group_key(i: int, group) -> tuple[str, str]:
+    """Where an error about optimizer.groups[i] points, and the value it shows."""
+    if group.kind is None:
+        return f"optimizer.groups.{i}.prefix", group.prefix
+    if group.prefix is None:
+        return f"optimizer.groups.{i}.kind", group.kind
+    return f"optimizer.groups.{i}", group.label()
+
+
+def assign_groups(model: nn.Module, params: OptimizerParams) -> dict[str, int]:
+    """{trainable parameter name: index in optimizer.groups} for the parameters a group takes.
+
+    The first group that selects a parameter wins. A group that selects no parameter, only
+    frozen ones, or only ones an earlier group took, is an error naming it.
     """
     named = list(model.named_parameters())
-    trainable = [(n, p) for n, p in named if p.requires_grad]
+    trainable = [n for n, p in named if p.requires_grad]
     if not trainable:
         raise ParamsError("model.freeze", "every parameter is frozen: there is nothing to train")
+    kinds = _kinds(model)
     owner: dict[str, int] = {}
     for i, group in enumerate(params.groups):
-        key = f"optimizer.groups.{i}.prefix"
-        hits = [n for n, _ in named if _matches(n, group.prefix)]
-        live = [n for n, p in trainable if _matches(n, group.prefix)]
+        key, what = _group_key(i, group)
+        hits = [n for n, _ in named if _selects(group, n, kinds)]
+        live = [n for n in trainable if _selects(group, n, kinds)]
         if not hits:
-            raise ParamsError(key, "matches no parameter of the model", group.prefix,
-                              _top_level_names(model))
+            raise ParamsError(key, "selects no parameter of the model", what, _top_level_names(model))
         if not live:
-            raise ParamsError(key, "matches only frozen parameters (model.freeze)", group.prefix,
+            raise ParamsError(key, "selects only frozen parameters (model.freeze)", what,
                               _top_level_names(model))
         new = [n for n in live if n not in owner]
         if not new:
-            first = owner[live[0]]
-            raise ParamsError(
-                key,
-                f"every parameter it matches is already in optimizer.groups.{first} "
-                "(the first matching prefix wins); reorder or remove it",
-                group.prefix,
-            )
-        for n in new:
-            owner[n] = i
-    groups = [{"params": [], "lr": params.lr, "prefix": None}] + [
-        {"params": [], "lr": params.lr * g.lr_mult, "prefix": g.prefix} for g in params.groups
+            raise ParamsError(key, f"every parameter it selects is already in optimizer.groups."
+                              f"{owner[live[0]]} (the first matching group wins); reorder or "
+                              "remove it", what)
+        owner.update((n, i) for n in new)
+    return owner
+
+
+def param_groups(model: nn.Module, params: OptimizerParams) -> list[dict]:
+    """The optimizer's parameter groups: the rest first, then one per optimizer.groups entry.
+
+    Group 0 holds every trainable parameter no entry selected, at optimizer.lr with the
+    optimizer's arguments; group i+1 holds those optimizer.groups[i] selects (by ``prefix``,
+    by ``kind``, or both), at its ``lr``, or optimizer.lr * ``lr_mult`` (the tutorial's
+    ``fc3`` at 10x), with its own optimizer arguments over the optimizer's (``weight_decay:
+    0`` for biases and norms). The order is fixed even when group 0 is empty, so a per-group
+    list elsewhere (LambdaLR formulas, OneCycleLR max_lr) lines up with
+    ``[rest, *optimizer.groups]``.
+
+    A prefix matches a parameter name at a module boundary (``fc`` matches ``fc.weight``,
+    not ``fc3.weight``). A parameter selected by several entries goes to the *first*.
+    Frozen parameters (requires_grad False, see model.freeze) are left out. Each group
+    carries ``prefix`` and ``kind`` keys (None for the rest) for logging.
+    """
+    cls, kwargs = _resolve(params)
+    extra = group_kwargs(cls, params, kwargs)
+    owner = assign_groups(model, params)
+    groups = [{"params": [], "lr": params.lr, "prefix": None, "kind": None}] + [
+        {**e, "params": [], "lr": g.group_lr(params.lr), "prefix": g.prefix, "kind": g.kind}
+        for g, e in zip(params.groups, extra)
     ]
-    for n, p in trainable:
-        groups[owner[n] + 1 if n in owner else 0]["params"].append(p)
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups[owner[n] + 1 if n in owner else 0]["params"].append(p)
     return groups
 
 

@@ -124,7 +124,7 @@ def training_params(params: Params) -> dict:
     """The params that decide the result (not threads, workers or the device's name)."""
     d = params.model_dump(mode="json")
     keep = {k: d[k] for k in ("seed", "model", "augment", "loss", "optimizer", "scheduler")}
-    keep["train"] = {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile")}
+    keep["train"] = {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile", "clip")}
     return keep
 
 
@@ -302,7 +302,7 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
         try:
             tr = train_one_epoch(s.train_model, s.loss_fn, s.optimizer, s.train_src, epoch=epoch, runtime=s.runtime,
                                  scheduler=s.scheduler, scaler=s.scaler, needs_closure=s.closure,
-                                 on_step=chain(bar, steps))
+                                 on_step=chain(bar, steps), clip=tp.clip)
         finally:
             if bar is not None:
                 bar.close()
@@ -315,6 +315,7 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
                                 "train_acc": tr_acc})
         row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va["loss"],
                "valid_acc": va["acc"], **{f"lr_{i}": lr for i, lr in enumerate(lrs)},
+               **{k: tr[k] for k in ("grad_norm", "grad_norm_max", "clipped") if k in tr},
                "epoch_seconds": tr["seconds"], "images_per_second": totals[2] / tr["seconds"],
                # since the first training step, validation included (what "time to accuracy" counts)
                "elapsed_seconds": done_before + time.perf_counter() - clock}
