@@ -17,7 +17,10 @@ ONEHOT = F.one_hot(TARGET, C).float()
 
 
 def _loss(name, num_classes=C, **kwargs):
-    return build_loss(LossParams(name=name, **{name: kwargs}), num_classes)
+    """The loss with torch's defaults unless `kwargs` say otherwise: the schema's own defaults
+    (cross-entropy's label smoothing 0.1) are set back to torch's, to compare with the formulas."""
+    torch_defaults = {k: 0.0 for k in LossParams.DEFAULT_KWARGS.get(name, {}) if k == "label_smoothing"}
+    return build_loss(LossParams(name=name, **{name: {**torch_defaults, **kwargs}}), num_classes)
 
 
 def _lsm(x):

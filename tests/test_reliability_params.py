@@ -176,6 +176,7 @@ OUT_OF_RANGE: dict[str, tuple | None] = {
     "runtime.threads": (-1, {}),
     "runtime.num_workers": (-1, {}),
     "train.nproc": (0, {}),
+    "train.log_every_steps": (-1, {}),
     "evaluate.batch_size": (0, {}),
     "visualize.batch_size": (0, {}),
     "visualize.grid_images": (1025, {}),

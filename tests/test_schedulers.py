@@ -371,7 +371,7 @@ def test_scheduler_defaults_are_the_tutorials_and_written_values_win():
     assert sched.inner.step_size == 2
 
 
-def test_tutorial_lambda_lr_two_groups():
+def test_tutorial_lambda_lr_two_groups_print_the_tutorials_lrs():
     """Section 3.4's example: fc3 at 100x lr 0.001, lambdas epoch // 3 and 0.95 ** epoch."""
     model, optimizer, sched = _setup(
         "LambdaLR", {"lr_lambda": ["epoch // 3", "0.95 ** epoch"]}, lr=0.001,

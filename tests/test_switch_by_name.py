@@ -33,7 +33,7 @@ torch.set_num_threads(1)
 SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
 PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
 #: Small and quick; none of these keys is a scheduler's or a loss's.
-TINY = {"model.name": "tutorial.net", "train.epochs": 1, "train.batch_size": 8, "train.threads": 1,
+TINY = {"model.name": "tutorial.net", "train.epochs": 1, "train.batch_size": 8, "runtime.threads": 1,
         "train.histograms": False, "train.device": "cpu"}
 
 
@@ -58,8 +58,9 @@ def with_name(section: str, name: str):
     """params.yaml as `dvc exp run -S <section>.name=<name>` leaves it (the key exists, so plain
     -S overrides it), plus the tiny-run keys."""
     raw = copy.deepcopy(PROJECT)
-    for dotted, value in {**TINY, f"{section}.name": name}.items():
-        set_dotted(raw, dotted, value, create=False)
+    for dotted, value in TINY.items():  # test plumbing: some are schema defaults params.yaml leaves out
+        set_dotted(raw, dotted, value)
+    set_dotted(raw, f"{section}.name", name, create=False)  # the key exists: plain -S overrides it
     return parse_params(raw)
 
 

@@ -84,6 +84,27 @@ def probe_images(n: int = 16) -> torch.Tensor:
     return torch.cat([noise, flat])
 
 
+def _scrub_source_locations(path: Path) -> None:
+    """Drop what the exporter records of where each node came from (stack traces and module
+    paths in the nodes' metadata and doc strings): they name this checkout's files, so the same
+    model exported in two clones would give two different files, and DVC would see a change."""
+    import onnx
+
+    def scrub(nodes) -> None:
+        for node in nodes:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    scrub(graph.node)
+
+    model = onnx.load(str(path))
+    scrub(model.graph.node)
+    for function in model.functions:
+        scrub(function.node)
+    onnx.save(model, str(path))
+
+
 def export_onnx(model_path: Path, out: Path, log=print) -> dict:
     """Write `out` (one .onnx file, weights inside); return what the card tells about it."""
     import warnings
@@ -121,6 +142,7 @@ def export_onnx(model_path: Path, out: Path, log=print) -> dict:
         expected = wrapper(probe).float().numpy()
     with atomic_path(out) as tmp:
         program.save(tmp, external_data=False)
+        _scrub_source_locations(tmp)
         got = run_onnx(tmp, probe.numpy())
         diff = float(np.abs(got - expected).max())
         if not diff <= TOLERANCE * max(1.0, float(np.abs(expected).max())):
