@@ -66,7 +66,7 @@ def timed(rel: str) -> bool:
 
 #: train's live files, rewritten after every epoch: an interrupted run leaves them whole but
 #: at the last finished epoch, marked `complete: false`
-LIVE = ("reports/train/metrics.json", "reports/train/history.csv")
+LIVE = ("reports/train/metrics.json", "reports/train/history.csv", "reports/train/layers.csv")
 
 
 def assert_live_snapshot(proj: Project, reference: Project, rel: str) -> None:

@@ -394,10 +394,13 @@ def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) ->
     # write identical model files
     curves = [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
               for row in history]
+    # through JSON: pickle shares repeated objects by identity, and rows restored from a checkpoint
+    # share differently from rows made in this process, so the same numbers would pickle to
+    # other bytes after a resume; decoded afresh, the structure depends on the values alone
     info: dict[str, Any] = dict(
         name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
-        eval_transforms=params.augment.eval, channels_last=params.model.channels_last, history=curves,
-        layers=progress.layers)
+        eval_transforms=params.augment.eval, channels_last=params.model.channels_last,
+        history=json.loads(json.dumps(curves)), layers=json.loads(json.dumps(progress.layers)))
     with atomic_dir(paths.models) as tmp:
         save_model(tmp / "last.pt", s.model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
         if best["state"] is not None:
