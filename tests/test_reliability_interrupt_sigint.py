@@ -6,7 +6,10 @@ written atomically, so rerun `dvc repro` to finish`; DVC then reports the failed
 """
 import signal
 
-from test_reliability_interrupt import archive, check_every_stage, reference  # noqa: F401 (fixtures)
+import test_reliability_interrupt as killed
+from test_reliability_interrupt import check_every_stage
+
+archive, reference = killed.archive, killed.reference  # the same module-scoped fixtures
 
 
 def test_every_stage_interrupted_by_ctrl_c_then_rerun_matches_an_uninterrupted_run(tmp_path, archive, reference):
