@@ -77,7 +77,7 @@ SKIP = {
         "the test suite itself (this harness is part of it)",
     ("README.md", "bash scripts/test.sh # everything: what CI runs (`.ci/run`)"):
         "the test suite itself (this harness is part of it)",
-    ("README.md", 'bash scripts/test.sh -m "not slow" # the quick part: unit tests and end-to-end tests on tiny data (about 3 minutes)'):
+    ("README.md", 'bash scripts/test.sh -m "not slow" # the quick part: unit tests and end-to-end tests on tiny data (about 9 minutes on 2 cores)'):
         "the test suite itself (this harness is part of it)",
     ("README.md", "bash scripts/test.sh -m slow # only the slow ones: real CIFAR-10, torchrun with 2 processes, visualize end to end"):
         "the test suite itself (this harness is part of it)",
