@@ -17,7 +17,7 @@ so `dvc exp run -S optimizer.name=Adam` switches without leaving SGD's arguments
 This schema holds every default. params.yaml holds only the knobs people turn (each of its
 keys is a column of `dvc exp show`); a key it leaves out keeps the default below, and
 `dvc exp run -S ++key=value` sets it. Keyword-argument sections merge key by key over their
-defaults (`DEFAULT_KWARGS`), so `-S ++optimizer.SGD.dampening=0.1` keeps SGD's other defaults.
+defaults (`DEFAULT_KWARGS`), so `-S ++optimizer.SGD.nesterov=false` keeps SGD's other defaults.
 """
 from __future__ import annotations
 
