@@ -143,7 +143,8 @@ def test_each_plot_is_drawn_once_with_a_title(baseline):
     titles = [c.get("title", {}).get("text") if isinstance(c.get("title"), dict) else c.get("title")
               for c in vega.values()]
     assert sorted(t for t in titles if t) == sorted(
-        ["Loss", "Accuracy", "Learning rate", "Confusion matrix (test split)", "Per-class F1 (test split)"]), titles
+        ["Loss", "Accuracy", "Learning rate", "Confusion matrix (test split)", "Per-class F1 (test split)",
+         "Activation std per layer (each epoch)", "Gradient norm per layer"]), titles
     assert not any(pid.startswith("dvc.yaml::") for pid in vega), list(vega)  # no stage plot drawn twice
     assert all(t for t in titles), list(vega)
 
