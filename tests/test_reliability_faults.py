@@ -351,7 +351,7 @@ def test_sigterm_to_dvc_alone_leaves_its_stage_running_and_the_next_run_is_safe(
         time.sleep(0.2)
     assert not _lock_held(proj.path / "checkpoints/.lock")
     proj.dvc("repro", "train")
-    assert json.loads((proj.path / "reports/train/metrics.json").read_text())["epochs"] == 60
+    assert json.loads((proj.path / "reports/train/metrics.json").read_text())["epoch"] == 60
     assert "Data and pipelines are up to date" in proj.dvc("status", "train").stdout
     assert temp_leftovers(proj.path, KEEP) == []
 
