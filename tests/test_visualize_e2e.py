@@ -14,7 +14,7 @@ from cifar_factory import make_archive
 from cifarlab.pipeline.visualize import PICTURES
 from dvc_project import make_project
 
-ALL = ["unpack", "split", "index", "stats", "train", "evaluate", "visualize"]
+ALL = ["unpack", "split", "index", "stats", "train", "evaluate", "export", "visualize"]
 TINY = {"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 40},
         "visualize": {"grid_images": 8, "embedding_images": 10, "feature_images": 2, "gradcam_images": 4}}
 
@@ -63,7 +63,7 @@ def test_repro_draws_the_pictures_then_only_visualize_reruns(project):
             assert im.format == "PNG"
     project.commit("pipeline")
 
-    exp = project.dvc("exp", "run", "-S", "visualize.gradcam_images=2", "-n", "fewer-cams")
+    exp = project.dvc("exp", "run", "-S", "++visualize.gradcam_images=2", "-n", "fewer-cams")
     assert project.ran(exp) == ["visualize"], exp.stdout
 
     out = root.parent / "gathered"
@@ -80,10 +80,10 @@ def test_bad_layer_name_stops_with_the_valid_names(project):
     params = project.path / "params.yaml"
     original = params.read_text()
     try:
-        res = project.dvc("exp", "run", "-S", "visualize.gradcam_layer=conv3", check=False)
+        res = project.dvc("exp", "run", "-S", "++visualize.gradcam_layer=conv3", check=False)
     finally:
         params.write_text(original)
     assert res.returncode != 0
     text = res.stdout + res.stderr
     assert "visualize.gradcam_layer: the model has no layer named 'conv3'" in text
-    assert "conv1, pool1, conv2, pool2" in text
+    assert "conv1, act1, pool1, conv2, act2, pool2" in text

@@ -101,7 +101,21 @@ def test_activation_pair_hooks_a_module_or_applies_relu_itself():
     torch.testing.assert_close(before, seq[0](x).detach())
     torch.testing.assert_close(after, before.clamp(min=0))
     assert "forward pre-hook" in how and "ReLU" in how
-    net = build_model("tutorial.net")
+    net = build_model("tutorial.net")  # its activations are modules (act1..act4) since issue 19
+    before, after, how = cam.activation_pair(net, "conv1", x)
+    torch.testing.assert_close(after, F.relu(before))
+    assert "act1" in how
+
+    class Functional(nn.Module):  # ReLU as a function: no module to hook, so cifarlab applies it
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 6, 5)
+            self.fc = nn.Linear(6 * 28 * 28, 10)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.conv1(x)).flatten(1))
+
+    net = Functional()
     before, after, how = cam.activation_pair(net, "conv1", x)
     torch.testing.assert_close(before, net.conv1(x).detach())
     torch.testing.assert_close(after, F.relu(before))

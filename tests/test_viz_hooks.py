@@ -136,7 +136,7 @@ def test_bad_layer_names_list_the_valid_ones(built):
         layers.gradcam_layer(table, "conv9")
     msg = str(err.value)
     assert msg.startswith("params.yaml: visualize.gradcam_layer:") and "'conv9'" in msg
-    assert "conv1, pool1, conv2, pool2" in msg  # in forward order
+    assert "conv1, act1, pool1, conv2, act2, pool2" in msg  # in forward order
     with pytest.raises(ParamsError) as err:
         layers.gradcam_layer(table, "fc1")  # exists, but has no spatial map
     assert "has no [N, C, H, W] output" in str(err.value) and "conv2" in str(err.value)

@@ -178,7 +178,7 @@ def test_bad_layer_fails_first_and_keeps_the_previous_pictures(tmp_path):
     with pytest.raises(ParamsError) as err:
         run_visualize(params_with(gradcam_layer="conv3"), paths, log=lambda *_: None)
     msg = str(err.value)
-    assert "visualize.gradcam_layer" in msg and "'conv3'" in msg and "conv1, pool1, conv2, pool2" in msg
+    assert "visualize.gradcam_layer" in msg and "'conv3'" in msg and "conv1, act1, pool1, conv2, act2, pool2" in msg
     assert [p.name for p in paths.figures.iterdir()] == ["old.png"]
     assert not paths.tensorboard.exists()
     with pytest.raises(ParamsError, match=r"visualize\.classes\.0: class index out of range 0\.\.9"):
