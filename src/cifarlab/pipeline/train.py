@@ -43,7 +43,8 @@ from cifarlab.optim.losses import build_loss, check_loss
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
 from cifarlab.optim.schedulers import build_scheduler, check_scheduler
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+#: src/: cifarlab and the user package (src/cifarlab_user/), the code a checkpoint depends on
+CODE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
