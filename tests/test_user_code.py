@@ -29,7 +29,7 @@ from test_export import make_model_file, reference_logits
 from cifarlab import register
 from cifarlab.artifact import load_model
 from cifarlab.augment.batch import plan, uncovered
-from cifarlab.augment.transforms import build_transform, check_transforms, transform_names
+from cifarlab.augment.transforms import build_transform, check_transforms, user_transforms
 from cifarlab.errors import CifarlabError, ParamsError, RegistrationError
 from cifarlab.models.registry import build_model, check_model, model_names
 from cifarlab.optim.losses import build_loss, check_loss
@@ -59,7 +59,7 @@ USER_CHOICE = {"model.name": "user.my_nn", "loss.name": "FocalLoss",
 
 def test_the_examples_are_registered_and_chosen_by_name():
     assert "user.my_nn" in model_names()
-    assert "AddPepperNoise" in transform_names()
+    assert user_transforms()["AddPepperNoise"].target is AddPepperNoise
     assert register.registered("loss")["FocalLoss"].target is FocalLoss
     assert register.registered("model")["my_nn"].target is MyNN
     assert register.registered("transform")["AddPepperNoise"].options == {"needs": "tensor"}
@@ -261,7 +261,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("tree")
     arc = make_archive(root / "a.tar.gz", per_class=4)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in {**USER_CHOICE, "train.epochs": 1, "train.batch_size": 8, "runtime.threads": 1,
+    for dotted, value in {**USER_CHOICE, "loss.FocalLoss": {"gamma": 1.5}, "train.epochs": 1, "train.batch_size": 8, "runtime.threads": 1,
                           "train.device": "cpu", "train.histograms": False}.items():
         set_dotted(raw, dotted, value)
     params = parse_params(raw)

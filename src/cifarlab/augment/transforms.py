@@ -112,14 +112,14 @@ def user_transforms() -> dict[str, register.Entry]:
 
 
 def transform_names() -> list[str]:
-    """Every name an entry may use: the v2 Transform classes that work on a lone image, and the user's."""
+    """The v2 names an entry may use: the Transform classes that work on a lone image."""
     return sorted(
         name
         for name in dir(v2)
         if isinstance(getattr(v2, name), type)
         and issubclass(getattr(v2, name), v2.Transform)
         and name not in NOT_PER_IMAGE
-    ) + sorted(user_transforms())
+    )
 
 
 def _target(name: str) -> Callable[..., Any]:
@@ -140,7 +140,7 @@ def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
     cls = getattr(v2, str(name), None)
     user = user_transforms()
     if not (isinstance(cls, type) and issubclass(cls, v2.Transform)) and name not in user:
-        raise ParamsError(path, "unknown transform", name, transform_names())
+        raise ParamsError(path, "unknown transform", name, transform_names() + sorted(user))
     if kwargs is None:
         kwargs = {}
     if not isinstance(kwargs, dict):
