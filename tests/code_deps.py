@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 PACKAGE = SRC / "cifarlab"
+USER = SRC / "cifarlab_user"
+OURS = ("cifarlab", "cifarlab_user")
 
 
 def _module_file(name: str) -> Path | None:
@@ -37,7 +39,7 @@ def _package_of(path: Path) -> str:
 
 
 def imports(path: Path) -> set[str]:
-    """Every cifarlab module (or module.name) that `path` imports, anywhere in the file."""
+    """Every cifarlab or user-package module (or module.name) that `path` imports, anywhere in the file."""
     tree = ast.parse(path.read_text(), filename=str(path))
     found = set()
     for node in ast.walk(tree):
@@ -54,7 +56,7 @@ def imports(path: Path) -> set[str]:
                 mod = node.module or ""
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import module`
-    return {m for m in found if m == "cifarlab" or m.startswith("cifarlab.")}
+    return {m for m in found if m.split(".")[0] in OURS}
 
 
 def has_code(path: Path) -> bool:
@@ -73,9 +75,13 @@ def closure(script: Path) -> set[str]:
             parts = mod.split(".")
             for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__ too
                 target = _module_file(".".join(parts[:i]))
-                if target is not None and target not in seen:
-                    seen.add(target)
-                    todo.append(target)
+                # the user package: cifarlab.register imports every module of it
+                reached = sorted(USER.rglob("*.py")) if target is not None and target.is_relative_to(USER) \
+                    else [target] if target is not None else []
+                for t in reached:
+                    if t not in seen:
+                        seen.add(t)
+                        todo.append(t)
     return {p.relative_to(ROOT).as_posix() for p in seen if p.name != "__init__.py" or has_code(p)}
 
 
@@ -90,7 +96,8 @@ def declaration(script: str) -> list[str]:
     used = closure(ROOT / script)
     code = [script] + sorted(u for u in used if u.startswith("src/cifarlab/pipeline/"))
     used -= set(code)
-    for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
+    folders = sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    for folder in [*folders, USER]:
         rel = folder.relative_to(ROOT).as_posix()
         mods = folder_modules(rel)
         if mods and mods <= used:

@@ -7,18 +7,19 @@ where it sits.
 from pathlib import Path
 
 import pytest
-from code_deps import PACKAGE, ROOT, imports
+from code_deps import PACKAGE, ROOT, USER, imports
 
 BASE = {"errors", "atomic", "params"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "atomic": set(),
     "params": {"errors"},
+    "register": {"errors"},
     "data": BASE,
     "archive": BASE | {"data"},
-    "optim": BASE | {"data"},
-    "augment": BASE | {"data"},
-    "models": BASE | {"data"},
+    "optim": BASE | {"data", "register"},
+    "augment": BASE | {"data", "register"},
+    "models": BASE | {"data", "register"},
     "artifact": BASE | {"models", "augment", "data"},
     "engine": BASE | {"optim", "augment", "models", "data", "artifact"},
     "viz": BASE | {"engine", "models", "augment", "data", "artifact"},
@@ -31,10 +32,13 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
 }
 STAGE_SCRIPTS_MAY_IMPORT = {"pipeline", "params", "stage"}
+#: The user package (src/cifarlab_user/) sits beside the components: it registers with
+#: `register` and may reuse what the components hold, never the layers that run them.
+USER_MAY_IMPORT = BASE | {"register", "data", "models", "augment", "optim"}
 
 
 def _part(module: str) -> str:
-    return module.split(".")[1] if "." in module else ""
+    return module.split(".")[1] if module.startswith("cifarlab.") else ""
 
 
 def _parts_of_package() -> set[str]:
@@ -57,6 +61,19 @@ def test_imports_go_down(path):
         return
     bad = sorted(m for m in imports(path) if _part(m) and _part(m) != own and _part(m) not in ALLOWED[own])
     assert not bad, f"{path.relative_to(ROOT)} ({own}) may not import {bad}; allowed: {sorted(ALLOWED[own])}"
+
+
+def test_only_register_imports_the_user_package():
+    """cifarlab reaches your code one way: cifarlab.register imports it when a name is resolved."""
+    users = {p.relative_to(ROOT).as_posix() for p in _modules()
+             if any(m.split(".")[0] == USER.name for m in imports(p))}
+    assert users == {"src/cifarlab/register.py"}, users
+
+
+@pytest.mark.parametrize("path", sorted(USER.rglob("*.py")), ids=lambda p: p.relative_to(USER).as_posix())
+def test_the_user_package_imports_only_components(path):
+    bad = sorted(m for m in imports(path) if _part(m) and _part(m) not in USER_MAY_IMPORT)
+    assert not bad, f"{path.relative_to(ROOT)} may not import {bad}; allowed: {sorted(USER_MAY_IMPORT)}"
 
 
 def test_only_stages_and_cli_import_pipeline():

@@ -61,6 +61,7 @@ def test_local_names_are_the_specified_ones():
         "tutorial.modulelist_net",
         "tutorial.moduledict_net",
         "tutorial.beginner_net",
+        "user.my_nn",  # the worked example of src/cifarlab_user/
     }
     assert DEFAULT_MODEL == "cifarlab.resnet8" == ModelParams().name
     names = model_names()

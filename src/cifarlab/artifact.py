@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.atomic import atomic_path
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, ParamsError
 
 #: How to get a good model file back, appended to every error about one.
 REBUILD = "rebuild it with `dvc repro train`, or fetch the committed one with `dvc pull`"
@@ -87,7 +87,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         raise _damaged(path, "its 'model' entry is not a state dict")
     if "sha256" in payload and state_digest(state) != payload["sha256"]:
         raise _damaged(path, "its tensors do not match the sha256 saved with them")
-    model = build_model(payload["name"], payload["kwargs"], num_classes=len(payload["classes"]))
+    try:
+        model = build_model(payload["name"], payload["kwargs"], num_classes=len(payload["classes"]))
+    except ParamsError as exc:  # a name this code no longer has (a user model renamed or removed)
+        why = str(exc).removeprefix("params.yaml: ")
+        raise CifarlabError(f"{path}: its model {payload['name']} cannot be built by this code ({why}); "
+                            f"{REBUILD}") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:  # tensors missing, renamed or of the wrong shape: a damaged file

@@ -27,6 +27,11 @@ class ParamsError(CifarlabError):
         super().__init__(text)
 
 
+class RegistrationError(CifarlabError):
+    """Code in the user package (src/cifarlab_user/) that registers a name wrongly: a name that
+    clashes with a built-in one, the same name twice, a builder that cannot be called as needed."""
+
+
 class DataError(CifarlabError):
     """A missing, corrupt, truncated or hostile data file: the archive, an image, an index."""
 

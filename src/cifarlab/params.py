@@ -168,7 +168,7 @@ class InitParams(_Strict):
     batchnorm: NormInit = Field(default_factory=NormInit)
 
 
-MODEL_SOURCES = ("cifarlab", "tutorial", "torchvision")
+MODEL_SOURCES = ("cifarlab", "tutorial", "torchvision", "user")
 
 
 class ModelParams(_Strict):
@@ -183,6 +183,7 @@ class ModelParams(_Strict):
     cifarlab: dict[str, Optional[dict[str, Any]]] = Field(default_factory=lambda: {"resnet8": {"width": 32}})
     tutorial: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
     torchvision: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)
+    user: dict[str, Optional[dict[str, Any]]] = Field(default_factory=dict)  # src/cifarlab_user's models
 
     @model_validator(mode="before")
     @classmethod

@@ -7,7 +7,9 @@ a time. A list entry is one transform name with its keyword arguments::
     - RandomApply: {p: 0.5, transforms: [{ColorJitter: {brightness: 0.4}}]}
 
 Names are looked up on `torchvision.transforms.v2` itself rather than in a table of our own,
-so every v2 transform is available and a new torchvision release adds its new ones for free.
+so every v2 transform is available and a new torchvision release adds its new ones for free;
+then among the user package's transforms (`cifarlab.register.register_transform`, e.g. the
+course's `AddPepperNoise` in src/cifarlab_user/transforms.py), which never shadow a v2 name.
 Only what YAML cannot say is translated here (enum names, dtypes, a matrix in a file, the
 tutorial's lambdas), and every mistake becomes a `ParamsError` naming the key path, e.g.
 `augment.train.0.RandomCrop.paddin`, so a typo stops the stage before any work is done.
@@ -32,7 +34,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab import register
+from cifarlab.errors import ParamsError, RegistrationError, TORCH_ARGUMENT_ERRORS
 
 # v2 classes that cannot work on a lone image: they need labels, boxes, key points or a batch.
 # Rejected with the reason instead of failing on the first image, deep in a DataLoader worker.
@@ -98,8 +101,18 @@ LAMBDAS: dict[str, Callable[[], v2.Transform]] = {
 }
 
 
+def user_transforms() -> dict[str, register.Entry]:
+    """The user package's transforms by name; one that reuses a v2 name is a RegistrationError."""
+    entries = register.registered("transform")
+    for name, entry in entries.items():
+        if hasattr(v2, name):
+            raise RegistrationError(f"{entry.where} registers transform '{name}', which clashes with the "
+                                    f"built-in torchvision.transforms.v2.{name}: register it under another name")
+    return entries
+
+
 def transform_names() -> list[str]:
-    """Every name an entry may use: the v2 Transform classes that work on a lone image."""
+    """The v2 names an entry may use: the Transform classes that work on a lone image."""
     return sorted(
         name
         for name in dir(v2)
@@ -107,6 +120,11 @@ def transform_names() -> list[str]:
         and issubclass(getattr(v2, name), v2.Transform)
         and name not in NOT_PER_IMAGE
     )
+
+
+def _target(name: str) -> Callable[..., Any]:
+    """The class (or function) an entry name builds: v2's, else the user package's."""
+    return getattr(v2, name, None) or user_transforms()[name].target
 
 
 def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
@@ -120,8 +138,9 @@ def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
     if name in NOT_PER_IMAGE:
         raise ParamsError(path, f"{name} cannot be used here: {NOT_PER_IMAGE[name]}", name)
     cls = getattr(v2, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
-        raise ParamsError(path, "unknown transform", name, transform_names())
+    user = user_transforms()
+    if not (isinstance(cls, type) and issubclass(cls, v2.Transform)) and name not in user:
+        raise ParamsError(path, "unknown transform", name, transform_names() + sorted(user))
     if kwargs is None:
         kwargs = {}
     if not isinstance(kwargs, dict):
@@ -153,7 +172,7 @@ def _convert(name: str, arg: str, value: Any, path: str) -> Any:
 
 
 def _signature(name: str) -> inspect.Signature:
-    sig = inspect.signature(getattr(v2, name))
+    sig = inspect.signature(_target(name))
     return sig.replace(parameters=[
         p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_POSITIONAL
     ])
@@ -194,7 +213,7 @@ def resolve_kwargs(name: str, kwargs: dict[str, Any], path: str) -> dict[str, An
 
 def _construct(name: str, path: str, *args: Any, **kwargs: Any) -> v2.Transform:
     try:
-        return getattr(v2, name)(*args, **kwargs)
+        return _target(name)(*args, **kwargs)
     except (*TORCH_ARGUMENT_ERRORS, KeyError) as exc:
         raise ParamsError(f"{path}.{name}", f"invalid arguments: {exc}") from None
 
@@ -316,7 +335,8 @@ class _Compiler:
             raise ParamsError(f"{path}.{name}", "multi-crop must be a top-level entry so every "
                               "image gives the same number of crops")
         out: list = []
-        need = NEEDS.get(name)
+        user = user_transforms()
+        need = user[name].options["needs"] if name in user else NEEDS.get(name)
         if need == "float" and state != "float":
             out, state = _to_float(), "float"
         elif need == "tensor" and state in ("pil", "unknown"):

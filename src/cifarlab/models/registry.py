@@ -4,7 +4,8 @@
 
 * `cifarlab.*`: this package's nets (cifar.py), the fast default `cifarlab.resnet8`;
 * `tutorial.*`: the tutorial's chapter-2 models, layer for layer (tutorial.py);
-* `torchvision.*`: every torchvision classification model, adapted to 32x32 (torchvision_adapt.py).
+* `torchvision.*`: every torchvision classification model, adapted to 32x32 (torchvision_adapt.py);
+* `user.*`: your own, registered with `cifarlab.register.register_model` in src/cifarlab_user/.
 
 Keyword arguments live at `model.<source>.<arch>` (ModelParams.kwargs_for) and are checked
 against the builder's signature. A source is anything with names(), accepted(arch),
@@ -23,7 +24,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab import register
+from cifarlab.errors import ParamsError, RegistrationError, TORCH_ARGUMENT_ERRORS
 from cifarlab.models import cifar, course, torchvision_adapt, tutorial
 from cifarlab.models.finetune import freeze, load_pretrained
 from cifarlab.models.init import apply_init, check_init
@@ -88,10 +90,34 @@ class TorchvisionSource:
         torchvision_adapt.check(arch, kwargs, key)
 
 
+class UserSource(LocalSource):
+    """The user package's models (src/cifarlab_user/, `register_model`), read when first asked.
+
+    An architecture name of another source is refused (`user.resnet18` beside
+    `torchvision.resnet18` would read as the same model): one line naming both.
+    """
+
+    def __init__(self):
+        self.source = "user"
+
+    @property
+    def models(self) -> dict[str, Callable[..., nn.Module]]:
+        entries = register.registered("model")
+        if entries:
+            builtin = {arch: src for src, s in SOURCES.items() if s is not self for arch in s.names()}
+            for arch, entry in entries.items():
+                if arch in builtin:
+                    raise RegistrationError(
+                        f"{entry.where} registers model '{arch}', which clashes with the built-in "
+                        f"{builtin[arch]}.{arch}: register it under another name (chosen as user.<name>)")
+        return {arch: entry.target for arch, entry in entries.items()}
+
+
 SOURCES = {
     "cifarlab": LocalSource("cifarlab", cifar.MODELS),
     "tutorial": LocalSource("tutorial", {**tutorial.MODELS, **course.MODELS}),
     "torchvision": TorchvisionSource(),
+    "user": UserSource(),
 }
 
 
@@ -135,6 +161,7 @@ def check_model(params) -> None:
     prefixes are checked against the built model in create_model.
     """
     source, arch = split_name(params.name)
+    SOURCES["user"].names()  # a clash in the user package is reported whichever model is chosen
     for src, archs in params.sources().items():
         known = SOURCES[src].names()
         for a in archs or {}:

@@ -31,6 +31,12 @@ List-valued ``weight``/``pos_weight`` become tensors of length ``num_classes``. 
 reduction must give one number per batch (``mean`` or ``sum``; ``batchmean`` for KLDivLoss).
 Losses that need pairs, triplets, sequences or a variance are refused with the reason
 (`REFUSED`).
+
+A loss of the user package (`cifarlab.register.register_loss`, e.g. `FocalLoss` in
+src/cifarlab_user/losses.py) takes ``(logits, target)`` as they are: it is built with its
+arguments from ``loss.<Name>``, checked against its signature like torch's (plus
+``num_classes`` when it takes one), and used without an adapter. Its name must not be a
+torch.nn class's.
 """
 from __future__ import annotations
 
@@ -41,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab import register
+from cifarlab.errors import ParamsError, RegistrationError, TORCH_ARGUMENT_ERRORS
 from cifarlab.params import LossParams
-from cifarlab.optim.kwargs import validate_kwargs
+from cifarlab.optim.kwargs import accepted_kwargs, validate_kwargs
 
 _INPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "logits": lambda x: x,
@@ -106,8 +113,18 @@ _PER_CLASS = ("weight", "pos_weight")
 
 
 def supported_losses() -> list[str]:
-    """The names `loss.name` accepts (those of `ADAPTERS` that this torch provides)."""
+    """The torch names `loss.name` accepts (those of `ADAPTERS` that this torch provides)."""
     return sorted(n for n in ADAPTERS if isinstance(getattr(nn, n, None), type))
+
+
+def user_losses() -> dict[str, register.Entry]:
+    """The user package's losses by name; one that reuses a torch.nn name is a RegistrationError."""
+    entries = register.registered("loss")
+    for name, entry in entries.items():
+        if hasattr(nn, name):
+            raise RegistrationError(f"{entry.where} registers loss '{name}', which clashes with the built-in "
+                                    f"torch.nn.{name}: register it under another name")
+    return entries
 
 
 class ClassificationLoss(nn.Module):
@@ -160,7 +177,7 @@ def _resolve(params: LossParams) -> type[nn.Module]:
     elif isinstance(cls, type) and (issubclass(cls, nn.modules.loss._Loss) or name.endswith("Loss")):
         reason = _OTHER
     else:
-        raise ParamsError("loss.name", "unknown loss", name, supported)
+        raise ParamsError("loss.name", "unknown loss", name, supported + sorted(user_losses()))
     raise ParamsError("loss.name", f"{name} cannot train this classifier: {reason}", name, supported)
 
 
@@ -214,8 +231,29 @@ def _per_class(key: str, value, num_classes: int) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
+def _build_user_loss(params: LossParams, entry: register.Entry, num_classes: int) -> nn.Module:
+    """A registered loss with its checked arguments (num_classes supplied when it takes one)."""
+    key = f"loss.{params.name}"
+    takes_classes = "num_classes" in accepted_kwargs(entry.target)
+    fixed = {"num_classes": "set by the data (10 for CIFAR-10)"} if takes_classes else {}
+    kwargs = validate_kwargs(key, entry.target, params.kwargs_for(), fixed=fixed)
+    if takes_classes:
+        kwargs["num_classes"] = num_classes
+    try:
+        loss = entry.target(**kwargs)
+    except TORCH_ARGUMENT_ERRORS as exc:
+        raise ParamsError(key, f"{entry.where} refused the arguments: {exc}", params.kwargs_for()) from None
+    if not isinstance(loss, nn.Module):
+        raise RegistrationError(f"{entry.where} (loss '{params.name}') must build a torch.nn.Module, "
+                                f"called as loss(logits, target); it built a {type(loss).__name__}")
+    return loss
+
+
 def build_loss(params: LossParams, num_classes: int = 10) -> nn.Module:
     """The loss module: call it as ``loss(logits, target)``; see the module docstring."""
+    user = user_losses()
+    if params.name in user:
+        return _build_user_loss(params, user[params.name], num_classes)
     cls = _resolve(params)
     kwargs, extras = _kwargs(params, cls, num_classes)
     try:
@@ -242,6 +280,9 @@ def check_loss(params: LossParams, num_classes: int = 10) -> None:
     except (*TORCH_ARGUMENT_ERRORS, IndexError) as exc:
         raise ParamsError(f"loss.{params.name}", f"torch failed on a test batch: {exc}",
                           params.kwargs_for()) from None
-    if value.ndim != 0 or not math.isfinite(value.item()):
+    if value.ndim != 0:
+        raise ParamsError(f"loss.{params.name}", f"gives a tensor of shape {list(value.shape)} on a test "
+                          "batch, not one number", params.kwargs_for())
+    if not math.isfinite(value.item()):
         raise ParamsError(f"loss.{params.name}", "gives a non-finite loss on a test batch",
                           params.kwargs_for())

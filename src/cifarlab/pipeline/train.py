@@ -43,7 +43,8 @@ from cifarlab.optim.losses import build_loss, check_loss
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
 from cifarlab.optim.schedulers import build_scheduler, check_scheduler
 
-CODE_ROOT = Path(__file__).resolve().parent.parent
+#: src/: cifarlab and the user package (src/cifarlab_user/), the code a checkpoint depends on
+CODE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
@@ -76,14 +77,14 @@ def check_argument_sections(params: Params) -> None:
     import torch.nn.init as tinit
 
     from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
-    from cifarlab.optim.losses import supported_losses
+    from cifarlab.optim.losses import supported_losses, user_losses
     from cifarlab.optim.optimizers import optimizer_classes
     from cifarlab.optim.schedulers import scheduler_classes
 
     init_names = {n for n in dir(tinit) if n.endswith("_") and not n.startswith("_")}
     init_names |= {n.rstrip("_") for n in init_names}
     sections = [("optimizer", params.optimizer, set(optimizer_classes())),
-                ("loss", params.loss, set(supported_losses()) | set(REFUSED_LOSSES)),
+                ("loss", params.loss, set(supported_losses()) | set(REFUSED_LOSSES) | set(user_losses())),
                 ("scheduler", params.scheduler, set(scheduler_classes()))]
     sections += [(f"model.init.{layer}", getattr(params.model.init, layer), init_names)
                  for layer in ("conv", "linear", "batchnorm")]
