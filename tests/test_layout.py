@@ -27,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "gather": BASE,
     "predict": BASE | {"artifact", "engine", "augment", "models", "data"},
     "lr_find": BASE | {"engine", "optim", "augment", "models", "data"},
-    "pipeline": BASE | {"stage", "artifact", "engine", "optim", "augment", "models", "viz", "data", "archive"},
+    "pipeline": BASE | {"stage", "artifact", "engine", "optim", "augment", "models", "viz", "data", "archive", "register"},
     "cli": BASE | {"archive", "gather", "predict", "lr_find", "pipeline", "artifact", "engine", "models", "augment", "data"},
     "__main__": {"cli"},
 }

@@ -162,15 +162,23 @@ def test_classification_report_matches_hand_counts():
     assert report["loss"] == pytest.approx(expected_loss, abs=1e-6)
 
 
+def test_code_folders_are_the_two_packages_only():
+    """The fingerprint hashes cifarlab and the user package, never the folder around them
+    (for an installed copy that would be all of site-packages)."""
+    from cifarlab.register import code_folders
+
+    assert [p.name for p in code_folders()] == ["cifarlab", "cifarlab_user"]
+
+
 def test_fingerprint_and_pruning(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     (code / "a.py").write_text("x = 1\n")
-    f1 = fingerprint({"lr": 0.1}, "data", code)
-    assert f1 == fingerprint({"lr": 0.1}, "data", code)
-    assert f1 != fingerprint({"lr": 0.2}, "data", code) != fingerprint({"lr": 0.1}, "other", code)
+    f1 = fingerprint({"lr": 0.1}, "data", [code])
+    assert f1 == fingerprint({"lr": 0.1}, "data", [code])
+    assert f1 != fingerprint({"lr": 0.2}, "data", [code]) != fingerprint({"lr": 0.1}, "other", [code])
     (code / "a.py").write_text("x = 2\n")
-    assert f1 != fingerprint({"lr": 0.1}, "data", code)
+    assert f1 != fingerprint({"lr": 0.1}, "data", [code])
     dirs = [CheckpointDir(tmp_path / "ck", f"run{i}") for i in range(6)]
     for i, d in enumerate(dirs):
         d.save({"i": torch.tensor(i)})

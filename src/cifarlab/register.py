@@ -30,10 +30,12 @@ knows no torch: it only records what the decorators saw.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from cifarlab.errors import RegistrationError
@@ -112,6 +114,15 @@ def register_loss(name: str) -> Callable[[Callable], Callable]:
     """`loss.name: <name>`: a class called with the kwargs from `loss.<name>` (plus num_classes when it
     takes one), returning an nn.Module called as `loss(logits [N, C], target [N]) -> scalar`."""
     return _register("loss", name, {})
+
+
+def code_folders() -> list[Path]:
+    """The folders whose code decides what a training run computes: cifarlab itself and the
+    user package (found without importing it). A checkpoint's fingerprint hashes them."""
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.find_spec(USER_PACKAGE)
+    user = [Path(spec.origin).resolve().parent] if spec is not None and spec.origin else []
+    return [here, *user]
 
 
 def load() -> None:

@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -38,14 +38,16 @@ KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "best")
 DAMAGED = "damaged"  # checkpoints/damaged/: set-aside files, never pruned
 
 
-def fingerprint(params: dict, data_digest: str, code_root: Path) -> str:
-    """A hash of what determines a training run: its params, its data and the code."""
+def fingerprint(params: dict, data_digest: str, code_roots: Sequence[Path]) -> str:
+    """A hash of what determines a training run: its params, its data and the code (each
+    package folder's .py files, named relative to the folder's parent)."""
     h = hashlib.sha256()
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     h.update(data_digest.encode())
-    for path in sorted(code_root.rglob("*.py")):
-        h.update(path.relative_to(code_root).as_posix().encode())
-        h.update(path.read_bytes())
+    for root in code_roots:
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root.parent).as_posix().encode())
+            h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -26,6 +26,7 @@ from cifarlab.data.layout import read_meta
 from cifarlab.data.layout import read_stats
 from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.params import Params
+from cifarlab.register import code_folders
 from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest, train_lock
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
@@ -43,8 +44,6 @@ from cifarlab.optim.losses import build_loss, check_loss
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
 from cifarlab.optim.schedulers import build_scheduler, check_scheduler
 
-#: src/: cifarlab and the user package (src/cifarlab_user/), the code a checkpoint depends on
-CODE_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
@@ -262,7 +261,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
         train_model = torch.compile(train_model)
     optimizer = build_optimizer(params.optimizer, model)
     fp = fingerprint(training_params(params), tensor_digest(train_x, train_y, valid_x, valid_y)
-                     + json.dumps(stats, sort_keys=True) + str(dist.world), CODE_ROOT)
+                     + json.dumps(stats, sort_keys=True) + str(dist.world), code_folders())
     return Setup(model=model, train_model=train_model, optimizer=optimizer,
                  loss_fn=build_loss(params.loss, num_classes=len(classes)).to(runtime.device),
                  scheduler=build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src)),
