@@ -9,6 +9,9 @@
    archive to metrics for one of them.
 3. Time to 25% validation accuracy (from the first training step, validation included)
    with presets/fast.args, against the tutorial script's.
+4. `--only lrfind`: `cifarlab lr-find` on the default params, then the default params and the
+   suggested `optimizer.lr`, 3 seeds each, interleaved: does the suggestion land inside the
+   default's own range of test accuracy?
 """
 from __future__ import annotations
 
@@ -97,10 +100,28 @@ def spread(values):
     return f"{statistics.mean(values):.1%} (min {min(values):.1%}, max {max(values):.1%})"
 
 
+def lr_find_rows(proj) -> None:
+    """The LR range test's suggestion against the default lr, 3 seeds each, interleaved."""
+    proj.cifarlab("lr-find", "--out", "runs/lr_find")
+    found = json.loads((proj.path / "runs/lr_find/lr_find.json").read_text())
+    lr = found["suggested_lr"]
+    print(f"4. lr-find suggests optimizer.lr={lr:g} ({found['rule']})", flush=True)
+    acc: dict[str, list[float]] = {"default": [], "suggested": []}
+    for s in SEEDS:
+        acc["default"].append(train_run(proj, f"lrdefault{s}", {"seed": s}, evaluate=True)["test_acc"])
+        acc["suggested"].append(train_run(proj, f"lrfound{s}", {"seed": s, "optimizer.lr": lr},
+                                          evaluate=True)["test_acc"])
+        print(f"   seed {s}: default {acc['default'][-1]:.1%}, suggested {acc['suggested'][-1]:.1%}", flush=True)
+    lo, hi = min(acc["default"]), max(acc["default"])
+    inside = lo <= statistics.mean(acc["suggested"]) <= hi
+    print(f"   default lr: test acc {spread(acc['default'])}; suggested lr {lr:g}: {spread(acc['suggested'])}; "
+          f"suggested mean inside the default's range: {'yes' if inside else 'no'}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", type=lambda v: set(v.split(",")), default={"tutorial", "default", "fast"},
-                    help="comma-separated subset of tutorial,default,fast")
+                    help="comma-separated subset of tutorial,default,fast,lrfind (lrfind: not in the default set)")
     ap.add_argument("--tutorial-seeds", type=int, default=1, help="runs of the tutorial's own script (about a minute each)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
@@ -145,6 +166,8 @@ def main():
             acc = json.loads((proj.path / "reports/eval/metrics.json").read_text())["test"]["acc"]
             print(f"   whole `dvc repro` from the archive to metrics: {full:.0f} s (test acc {acc:.1%}) "
                   f"[target: under 300 s]", flush=True)
+        if "lrfind" in args.only:
+            lr_find_rows(proj)
         if "fast" in args.only:
             runs = [train_run(proj, f"fast{s}", dict(preset("fast"), seed=s)) for s in SEEDS]
             times = [r["seconds_to_25"] for r in runs]
