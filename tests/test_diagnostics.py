@@ -11,6 +11,7 @@ from torch import nn
 from test_train_loop import run, tiny, tree  # noqa: F401  (the module-scoped fixture)
 from cifarlab.engine.diagnostics import layer_stats, measured_layers
 from cifarlab.models.tutorial import Net
+import itertools
 
 torch.set_num_threads(1)
 
@@ -86,7 +87,7 @@ def test_normal_std_1_grows_with_depth_kaiming_stays_flat():
     normal = _profile(lambda w: nn.init.normal_(w, std=1.0))
     kaiming = _profile(lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"))
     assert all(math.isfinite(v) for v in normal)
-    assert all(b > 3 * a for a, b in zip(normal, normal[1:])), normal  # grows layer after layer
+    assert all(b > 3 * a for a, b in itertools.pairwise(normal)), normal  # grows layer after layer
     assert normal[-1] > 1e4
     assert max(kaiming) / min(kaiming) < 10, kaiming  # flat, within an order of magnitude
     assert normal[-1] / normal[0] > 100 * kaiming[-1] / kaiming[0]

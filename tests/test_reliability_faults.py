@@ -225,7 +225,7 @@ def test_a_read_only_filesystem_stops_each_stage_with_one_line(disk, stage):
 
 
 def test_a_read_only_bind_mounted_reports_folder_stops_evaluate(disk):
-    mount, proj = disk
+    _mount, proj = disk
     with read_only_bind(proj.path / "reports"):
         assert_fails_cleanly(proj, "evaluate", "reports/eval/", "cannot write: read-only file system")
 

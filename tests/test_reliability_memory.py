@@ -73,7 +73,7 @@ def test_extra_bytes_and_processes_count_against_the_budget(monkeypatch):
     need = estimate_training_bytes(model, 64, optimizer_name="SGD")
     room = int(need / 0.9) + 2**20
     check_training_memory(model, 64, "SGD", "cpu", available_bytes=room)
-    with pytest.raises(ParamsError, match="plus 4.0 MiB of data held there"):
+    with pytest.raises(ParamsError, match=r"plus 4.0 MiB of data held there"):
         check_training_memory(model, 64, "SGD", "cpu", available_bytes=room, extra_bytes=4 * 2**20)
     monkeypatch.setattr(memory, "cpu_available_bytes", lambda: room)
     check_training_memory(model, 64, "SGD", "cpu")

@@ -28,6 +28,7 @@ from cifarlab.models.registry import build_model
 from cifarlab.engine.tensorboard import TrainLogger
 from cifarlab.pipeline.visualize import run_visualize
 from test_viz_stage import CLASSES, make_workspace, params_with
+import contextlib
 
 torch.set_num_threads(1)
 
@@ -44,7 +45,7 @@ class Server:
     def __init__(self, logdir: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(logdir.parent / "tensorboard.log", "w+")
+        self.log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 - the server's log, closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(self.port),
              "--host", "127.0.0.1", "--reload_interval", "1"],
@@ -86,10 +87,8 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGTERM)  # the group it was started in: it and its data server
                 self.proc.wait(timeout=15)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=15)
         self.log.close()
 

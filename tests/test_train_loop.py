@@ -213,11 +213,11 @@ def test_predict_any_picture(tree, tmp_path):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
-    with pytest.raises(CifarlabError, match="bad.png: not a readable image"):
+    with pytest.raises(CifarlabError, match=r"bad.png: not a readable image"):
         predict_files(model, [big, bad])
     bomb = tmp_path / "bomb.png"
     png_bomb(bomb)
-    with pytest.raises(CifarlabError, match="bomb.png: refused, far too many pixels"):
+    with pytest.raises(CifarlabError, match=r"bomb.png: refused, far too many pixels"):
         predict_files(model, [bomb])
     assert cli(["predict", str(big), "--model", str(model), "--top-k", "11"]) == 1
     assert cli(["predict", str(gray), "--model", str(tmp_path / "missing.pt")]) == 1

@@ -142,7 +142,7 @@ def test_every_v2_transform(name, img, linear_file):
         assert out.shape[0] == 3 and out.dim() == 3
     else:
         assert tuple(out.shape) == shape
-    assert 0.0 <= out.min() and out.max() <= 1.0 or name in ("Normalize", "LinearTransformation")
+    assert (out.min() >= 0.0 and out.max() <= 1.0) or name in ("Normalize", "LinearTransformation")
 
 
 def test_walk_covers_the_tutorial_and_rejects_batch_transforms():
@@ -281,7 +281,7 @@ def test_bad_kwarg_names_the_accepted_ones():
 
 
 def test_missing_and_invalid_values():
-    with pytest.raises(ParamsError, match="missing required argument.*size"):
+    with pytest.raises(ParamsError, match=r"missing required argument.*size"):
         check_transforms([{"RandomCrop": {}}], KEY)
     with pytest.raises(ParamsError) as err:
         check_transforms([{"RandomHorizontalFlip": {}}, {"RandomCrop": {"size": 40}}], KEY)

@@ -194,7 +194,7 @@ def test_train_grid_uses_the_training_augmentation(tmp_path):
         b, _ = train_grid_images(paths.train_index, entries, STATS, count=6, seed=0, num_classes=10, root=paths.root)
         c, _ = train_grid_images(paths.train_index, entries, STATS, count=6, seed=1, num_classes=10, root=paths.root)
         assert a.shape == (6, 3, 32, 32) and labels.shape == (6,)
-        assert 0 <= a.min() and a.max() <= 1
+        assert a.min() >= 0 and a.max() <= 1
         assert torch.equal(a, b) and not torch.equal(a, c)  # seeded
     ten, labels = train_grid_images(paths.train_index, [{"TenCrop": {"size": 24}}], STATS, count=2, seed=0,
                                      num_classes=10, root=paths.root)

@@ -19,7 +19,8 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+from collections.abc import Callable
 
 from cifarlab.atomic import atomic_dir
 from cifarlab.errors import CifarlabError

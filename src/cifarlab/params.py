@@ -21,6 +21,7 @@ defaults (`DEFAULT_KWARGS`), so `-S ++optimizer.SGD.nesterov=false` keeps SGD's 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from pathlib import Path
@@ -295,11 +296,9 @@ class ClipParams(_Strict):
     @field_validator("max")
     @classmethod
     def _positive(cls, v):
-        if isinstance(v, str):
-            try:
-                v = float(v)  # YAML reads 1e-3 (no dot) as text
-            except ValueError:
-                pass
+        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as text
+            with contextlib.suppress(ValueError):
+                v = float(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError("must be a positive number, the largest gradient norm (mode norm) or "
                              "element (mode value) to allow")

@@ -16,7 +16,8 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional
+from typing import Optional
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -246,7 +247,8 @@ def read_archive(archive: str | Path, batches: list[str], md5: Optional[str] = N
     """The whole stream at once: (class names, the requested batches in `batches` order)."""
     got = {}
     classes: list[str] = []
-    for classes, batch in iter_batches(archive, batches, md5):
+    for batch_classes, batch in iter_batches(archive, batches, md5):
+        classes = batch_classes
         got[batch.name] = batch
     return classes, iter([got[b] for b in batches])
 

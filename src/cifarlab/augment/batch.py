@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -369,8 +370,8 @@ def _center_crop(kw, size, path, stats):
     # torchvision pads with zeros to the crop size first, then rounds the anchor.
     pl, pt = max(ow - w, 0) // 2, max(oh - h, 0) // 2
     pr, pb = (max(ow - w, 0) + 1) // 2, (max(oh - h, 0) + 1) // 2
-    top = int(round((h + pt + pb - oh) / 2.0))
-    left = int(round((w + pl + pr - ow) / 2.0))
+    top = round((h + pt + pb - oh) / 2.0)
+    left = round((w + pl + pr - ow) / 2.0)
     op = _Window(size, (oh, ow), pad_lt=(pl, pt), pad_rb=(pr, pb), mode="constant", fill=(0.0,), offset=(top, left))
     return [op], (oh, ow)
 
@@ -604,7 +605,7 @@ class _WindowTaker:
                             + torch.arange(self.out_h, device=images.device)[None, :]) * wp).reshape(-1)
 
     @classmethod
-    def for_ops(cls, aug: BatchAugment, images: torch.Tensor) -> Optional["_WindowTaker"]:
+    def for_ops(cls, aug: BatchAugment, images: torch.Tensor) -> Optional[_WindowTaker]:
         """A taker when the list is [window?] [horizontal flips...] [pixel ops...], else None."""
         geo = list(itertools.takewhile(lambda op: isinstance(op, _IndexOp), aug.ops))
         rest = list(aug.ops[len(geo):])

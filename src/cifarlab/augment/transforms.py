@@ -23,7 +23,8 @@ import enum
 import inspect
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import PIL.Image

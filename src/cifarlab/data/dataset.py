@@ -11,7 +11,8 @@ augmented in batches on the device.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
+from collections.abc import Callable
 
 import torch
 from PIL import Image

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Optional
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -172,7 +173,7 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
         if needs_closure:
             captured = {}
 
-            def closure():
+            def closure(x=x, y=y, captured=captured):  # this step's batch, bound here (it runs in this step)
                 optimizer.zero_grad(set_to_none=True)
                 with runtime.autocast():
                     out = model(x)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+import itertools
 
 #: torch.nn activations that cannot stand in for ReLU, and why.
 REFUSED_ACTIVATIONS = {
@@ -55,7 +56,7 @@ class ModuleListNet(nn.Module):
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
         sizes = [3 * 32 * 32] + [width] * (depth - 1) + [num_classes]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.acts = nn.ModuleList(globals()["activation"](activation) for _ in range(depth - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

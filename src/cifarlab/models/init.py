@@ -34,7 +34,8 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -222,7 +223,7 @@ def layer_type(module: nn.Module) -> Optional[str]:
 def apply_init(model: nn.Module, init) -> list[str]:
     """Initialise `model` in place as model.init says; returns one log line per layer type."""
     plans = plan_all(init)
-    counts = {layer: 0 for layer in plans}
+    counts = dict.fromkeys(plans, 0)
     for module in model.modules():
         layer = layer_type(module)
         p = plans.get(layer) if layer else None

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Callable, Optional
+from typing import Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -27,7 +27,8 @@ import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
+from collections.abc import Callable
 
 import torch
 import torchvision.models as tvm
@@ -384,7 +385,7 @@ def _yaml_friendly(p: inspect.Parameter) -> bool:
     return not any(word in text for word in ("Callable", "Module", "Config", "type["))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def accepted(arch: str) -> tuple[str, ...]:
     """The keyword arguments params may give for `arch`, found via inspect.signature.
 

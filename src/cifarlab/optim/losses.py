@@ -35,7 +35,8 @@ Losses that need pairs, triplets, sequences or a variance are refused with the r
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

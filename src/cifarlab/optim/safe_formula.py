@@ -24,7 +24,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from cifarlab.errors import ParamsError
 

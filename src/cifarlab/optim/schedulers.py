@@ -65,6 +65,7 @@ from cifarlab.params import OptimizerParams, SchedulerParams
 from cifarlab.optim.kwargs import validate_kwargs
 from cifarlab.optim.optimizers import dummy_optimizer
 from cifarlab.optim.safe_formula import Formula, parse_formula
+import itertools
 
 NONE = "none"
 EPOCH, BATCH = "epoch", "batch"
@@ -75,10 +76,7 @@ _COMPOSITES = {"SequentialLR", "ChainedScheduler"}
 _FORMULA_ARGS = {"LambdaLR": "lr_lambda", "MultiplicativeLR": "lr_lambda"}
 _FIXED = {"last_epoch": "a resumed run restores the scheduler from its checkpoint"}
 _FIXED_FOR = {
-    "OneCycleLR": {
-        arg: "derived from train.epochs and the batches per epoch"
-        for arg in ("total_steps", "epochs", "steps_per_epoch")
-    },
+    "OneCycleLR": dict.fromkeys(("total_steps", "epochs", "steps_per_epoch"), "derived from train.epochs and the batches per epoch"),
     "CyclicLR": {"scale_fn": "a Python function cannot be written in params.yaml; use mode"},
 }
 _NOT_A_CHILD = {
@@ -131,7 +129,7 @@ class _Spec:
     interval: str = EPOCH
     monitor: Optional[str] = None
     formulas: Optional[list[Formula]] = None  # lr_lambda: one, or one per group
-    children: list["_Spec"] = field(default_factory=list)
+    children: list[_Spec] = field(default_factory=list)
 
 
 def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _Spec:
@@ -216,7 +214,7 @@ def _check_milestones(spec: _Spec, key: str) -> None:
     if milestones is None or len(milestones) != n - 1:
         raise ParamsError(key, f"must list {n - 1} step(s) at which the next of the {n} "
                                "schedulers takes over", milestones)
-    if any(m <= 0 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+    if any(m <= 0 for m in milestones) or any(b <= a for a, b in itertools.pairwise(milestones)):
         raise ParamsError(key, "must be positive and increasing", milestones)
 
 
@@ -383,7 +381,7 @@ def check_scheduler(params: SchedulerParams, optimizer_params: Optional[Optimize
             _check_lrs(sched, i)
             try:
                 sched.step_batch()
-                sched.step_epoch({m: 1.0 for m in MONITORS})
+                sched.step_epoch(dict.fromkeys(MONITORS, 1.0))
             except ParamsError:
                 raise
             except (*TORCH_ARGUMENT_ERRORS, IndexError) as exc:

@@ -40,7 +40,7 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
     return {
         "accuracy": round((preds == targets).double().mean().item(), 6),
         "loss": round(F.cross_entropy(logits.double(), targets).item(), 6),
-        "images": int(len(targets)),
+        "images": len(targets),
         "macro": {"precision": round(precision.mean().item(), 6), "recall": round(recall.mean().item(), 6),
                   "f1": round(f1.mean().item(), 6)},
         "per_class": per_class,

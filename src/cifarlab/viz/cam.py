@@ -16,7 +16,8 @@ gradients at each layer's boundaries: the course's other hook kinds, where each 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Optional
+from collections.abc import Iterator
 
 import numpy as np
 import torch

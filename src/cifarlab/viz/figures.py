@@ -15,10 +15,10 @@ import matplotlib
 
 matplotlib.use("Agg", force=True)  # torch's add_figure imports pyplot: keep it off any display
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 #: A box is drawn around the largest connected region of a class map above this share of its peak.

@@ -11,7 +11,7 @@ off, so a captured activation is not overwritten by the next ReLU and autograd c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -17,7 +17,8 @@ A name the model does not have is one `ParamsError` listing the names that would
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
+from collections.abc import Sequence
 
 import torch
 from torch import nn
