@@ -13,11 +13,11 @@ from PIL import Image
 from cifar_factory import CLASSES, batch_arrays, make_archive
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.index import read_index
+from cifarlab.errors import DataError, ParamsError
 from cifarlab.pipeline.index import write_indexes
 from cifarlab.pipeline.split import largest_remainder, split
 from cifarlab.pipeline.stats import channel_stats
 from cifarlab.pipeline.unpack import unpack
-from cifarlab.errors import DataError, ParamsError
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Per-layer diagnostics and per-step curves of the train stage (engine/diagnostics.py,
 engine/tensorboard.py): real training on a tiny tree, read back from the event files."""
 import csv
+import itertools
 import math
 
 import pytest
@@ -8,10 +9,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from test_train_loop import run, tiny, tree  # noqa: F401  (the module-scoped fixture)
 from cifarlab.engine.diagnostics import layer_stats, measured_layers
 from cifarlab.models.tutorial import Net
-import itertools
+from test_train_loop import run, tiny, tree  # noqa: F401  (the module-scoped fixture)
 
 torch.set_num_threads(1)
 

@@ -34,6 +34,7 @@ skipped silently, and a stale entry fails the lint test.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -46,7 +47,6 @@ import pytest
 
 from cifar_factory import make_archive
 from dvc_project import ROOT, make_project
-import itertools
 
 #: The docs whose ```bash blocks run.
 DOC_FILES = sorted({ROOT / "README.md", *(ROOT / "docs").rglob("*.md"),

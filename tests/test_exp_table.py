@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from cifar_factory import make_archive
+from cifarlab.params import Params
 from dvc_project import TINY, make_project, set_dotted
 from test_docs_commands import bash_blocks, code_parts, commands
-
-from cifarlab.params import Params
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

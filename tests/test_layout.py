@@ -7,6 +7,7 @@ where it sits.
 from pathlib import Path
 
 import pytest
+
 from code_deps import PACKAGE, ROOT, imports
 
 BASE = {"errors", "atomic", "params"}

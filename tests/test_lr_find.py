@@ -8,7 +8,6 @@ import torch
 from cifarlab.cli import main
 from cifarlab.errors import ParamsError
 from cifarlab.lr_find import Sweep, check_range, suggest
-
 from test_train_loop import tree  # noqa: F401  (the module-scoped tiny data tree)
 
 torch.set_num_threads(1)

@@ -34,8 +34,6 @@ from cifarlab.data.layout import read_stats
 from cifarlab.errors import DataError
 from dvc_project import TINY, Project, assert_fails_cleanly, make_project, run_stage, temp_leftovers
 
-
-
 # ------------------------------------------------------------------ helpers
 
 

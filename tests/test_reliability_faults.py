@@ -23,8 +23,19 @@ from pathlib import Path
 import pytest
 
 from cifar_factory import make_archive
-from dvc_project import (TINY, Project, assert_fails_cleanly, files_of, make_project, run_stage, set_params,
-                         snapshot, stage_cmd, stage_outs, temp_leftovers)
+from dvc_project import (
+    TINY,
+    Project,
+    assert_fails_cleanly,
+    files_of,
+    make_project,
+    run_stage,
+    set_params,
+    snapshot,
+    stage_cmd,
+    stage_outs,
+    temp_leftovers,
+)
 
 STAGES = ["unpack", "split", "index", "stats", "train", "evaluate", "visualize"]
 PARAMS = dict(TINY, **{"data.batches": ["data_batch_1", "test_batch"]})

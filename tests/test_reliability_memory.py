@@ -13,12 +13,12 @@ import yaml
 from torch import nn
 
 from cifar_factory import real_archive_for_test
-from dvc_project import stage_cmd
+from cifarlab.engine import memory
+from cifarlab.engine.memory import check_training_memory, cpu_available_bytes, estimate, estimate_training_bytes
 from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model, create_model
 from cifarlab.params import load_params
-from cifarlab.engine import memory
-from cifarlab.engine.memory import check_training_memory, cpu_available_bytes, estimate, estimate_training_bytes
+from dvc_project import stage_cmd
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parent.parent
@@ -207,12 +207,12 @@ def shutil_copy(repo: Path, root: Path) -> None:
 
 def test_training_too_big_for_the_memory_stops_before_the_first_step(tmp_path, monkeypatch):
     from cifar_factory import CLASSES, make_archive
+    from cifarlab.params import parse_params
     from cifarlab.pipeline.index import write_indexes
     from cifarlab.pipeline.split import split
     from cifarlab.pipeline.stats import write_stats
-    from cifarlab.pipeline.unpack import unpack
-    from cifarlab.params import parse_params
     from cifarlab.pipeline.train import Paths, fit
+    from cifarlab.pipeline.unpack import unpack
 
     quiet = lambda *_: None  # noqa: E731
     monkeypatch.chdir(tmp_path)

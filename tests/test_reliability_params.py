@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dvc_project import set_dotted
 from cifarlab.errors import ParamsError
 from cifarlab.params import Params, parse_params
 from cifarlab.pipeline.train import check_all
+from dvc_project import set_dotted
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,15 @@ import torch
 from torch import nn
 
 from cifarlab.errors import ParamsError
-from cifarlab.params import OptimizerParams, SchedulerParams
 from cifarlab.optim.optimizers import build_optimizer
-from cifarlab.optim.schedulers import MONITORS, build_scheduler, check_scheduler, scheduler_classes, supported_schedulers
+from cifarlab.optim.schedulers import (
+    MONITORS,
+    build_scheduler,
+    check_scheduler,
+    scheduler_classes,
+    supported_schedulers,
+)
+from cifarlab.params import OptimizerParams, SchedulerParams
 
 TUTORIAL = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
 WARMUP = {

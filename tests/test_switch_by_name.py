@@ -18,14 +18,14 @@ import torch
 import yaml
 
 from cifar_factory import CLASSES, make_archive
-from dvc_project import ROOT, make_project, set_dotted
+from cifarlab.optim.losses import supported_losses
+from cifarlab.params import parse_params
 from cifarlab.pipeline.index import write_indexes
 from cifarlab.pipeline.split import split
 from cifarlab.pipeline.stats import write_stats
-from cifarlab.pipeline.unpack import unpack
-from cifarlab.params import parse_params
 from cifarlab.pipeline.train import Paths, fit
-from cifarlab.optim.losses import supported_losses
+from cifarlab.pipeline.unpack import unpack
+from dvc_project import ROOT, make_project, set_dotted
 
 torch.set_num_threads(1)
 

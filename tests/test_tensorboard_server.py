@@ -7,6 +7,7 @@ killed (its whole process group, which it was started in) within a bounded wait.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,11 +25,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlab.models.registry import build_model
 from cifarlab.engine.tensorboard import TrainLogger
+from cifarlab.models.registry import build_model
 from cifarlab.pipeline.visualize import run_visualize
 from test_viz_stage import CLASSES, make_workspace, params_with
-import contextlib
 
 torch.set_num_threads(1)
 

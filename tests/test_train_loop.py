@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from cifar_factory import CLASSES, make_archive, png_bomb
-from dvc_project import set_dotted
+from cifarlab.engine.checkpoint import CheckpointDir, fingerprint
+from cifarlab.engine.loop import NonFiniteLoss, epoch_permutation
+from cifarlab.errors import DataError
+from cifarlab.params import parse_params
+from cifarlab.pipeline.evaluate import classification_report
 from cifarlab.pipeline.index import write_indexes
 from cifarlab.pipeline.split import split
 from cifarlab.pipeline.stats import write_stats
-from cifarlab.pipeline.unpack import unpack
-from cifarlab.errors import DataError
-from cifarlab.pipeline.evaluate import classification_report
-from cifarlab.params import parse_params
-from cifarlab.engine.checkpoint import CheckpointDir, fingerprint
 from cifarlab.pipeline.train import Paths, fit
-from cifarlab.engine.loop import NonFiniteLoss, epoch_permutation
+from cifarlab.pipeline.unpack import unpack
+from dvc_project import set_dotted
 
 torch.set_num_threads(1)
 
@@ -91,8 +91,8 @@ def test_fit_writes_everything_and_is_reproducible(tree, tmp_path):
 def test_tensorboard_run_has_a_histogram_of_every_weight_and_gradient_per_epoch(tree, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cifarlab.models.tutorial import Net
     from cifarlab.engine.tensorboard import HISTOGRAM_BINS
+    from cifarlab.models.tutorial import Net
 
     run(tree, tmp_path, tiny())
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})

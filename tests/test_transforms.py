@@ -8,7 +8,15 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from cifarlab.augment.transforms import LAMBDAS, NOT_PER_IMAGE, StackCrops, build_transform, check_transforms, is_multicrop, transform_names
+from cifarlab.augment.transforms import (
+    LAMBDAS,
+    NOT_PER_IMAGE,
+    StackCrops,
+    build_transform,
+    check_transforms,
+    is_multicrop,
+    transform_names,
+)
 from cifarlab.errors import ParamsError
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from test_viz_stage import make_workspace, params_with, read_run
 from cifarlab.engine.diagnostics import layer_stats
 from cifarlab.models.registry import build_model
 from cifarlab.pipeline.visualize import PICTURES, run_visualize
 from cifarlab.viz import cam, hooks
+from test_viz_stage import make_workspace, params_with, read_run
 
 torch.set_num_threads(1)
 

@@ -20,9 +20,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cifarlab.artifact import save_model
 from cifarlab.engine.diagnostics import LayerDiagnostics, layers_csv
 from cifarlab.errors import ParamsError
-from cifarlab.pipeline.evaluate import classification_report
 from cifarlab.models.registry import build_model
 from cifarlab.params import parse_params
+from cifarlab.pipeline.evaluate import classification_report
 from cifarlab.pipeline.visualize import PICTURES, VizPaths, run_visualize
 from cifarlab.viz.inputs import denormalize, normalize_entries, train_grid_images
 from cifarlab.viz.predictions import choose

@@ -58,7 +58,7 @@ def _damaged(path: Path, why: str) -> CifarlabError:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved model in eval mode; return (model, the rest of the file)."""
-    from cifarlab.models.finetune import safe_torch_load, load_error
+    from cifarlab.models.finetune import load_error, safe_torch_load
     from cifarlab.models.registry import build_model
 
     path = Path(path)

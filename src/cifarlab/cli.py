@@ -98,7 +98,8 @@ def _lr_find(args) -> None:
 
 def version() -> str:
     """The installed package's version (pyproject.toml's), or a note when run from a bare source tree."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     try:
         return dist_version("cifarlab")

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
-from collections.abc import Callable
 
 from cifarlab.atomic import atomic_dir
 from cifarlab.errors import CifarlabError

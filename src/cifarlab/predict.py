@@ -7,8 +7,8 @@ with the training stats, exactly as the evaluate stage feeds the test set.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError

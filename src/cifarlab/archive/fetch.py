@@ -17,9 +17,9 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from cifarlab.archive.reader import SKIP_MD5_HINT, file_md5
 from cifarlab.atomic import atomic_path
 from cifarlab.errors import DataError
-from cifarlab.archive.reader import SKIP_MD5_HINT, file_md5
 
 
 def _download(url: str, dest: Path, progress: bool = True) -> None:

@@ -14,10 +14,10 @@ import io
 import pickle
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
-from collections.abc import Iterator
 
 import numpy as np
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Optional
 from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import nn

@@ -22,9 +22,9 @@ from __future__ import annotations
 import enum
 import inspect
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterable
 
 import numpy as np
 import PIL.Image
@@ -33,7 +33,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 
 # v2 classes that cannot work on a lone image: they need labels, boxes, key points or a batch.
 # Rejected with the reason instead of failing on the first image, deep in a DataLoader worker.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from typing import TypeVar
 from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 _TASK: Callable | None = None

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Optional
-from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-from cifarlab.errors import CifarlabError
 from cifarlab.engine.device import Runtime
+from cifarlab.errors import CifarlabError
 
 
 class NonFiniteLoss(CifarlabError):

@@ -13,9 +13,10 @@ shape-preserving, element-wise activation of `torch.nn` that needs no argument.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
-import itertools
 
 #: torch.nn activations that cannot stand in for ReLU, and why.
 REFUSED_ACTIVATIONS = {

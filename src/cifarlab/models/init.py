@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 
 #: The torch.nn.init methods offered, with the weight ranks each can fill (min, max).
 METHODS: dict[str, tuple[int, Optional[int]]] = {

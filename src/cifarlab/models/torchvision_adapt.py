@@ -25,16 +25,16 @@ import functools
 import inspect
 import re
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
-from collections.abc import Callable
 
 import torch
 import torchvision.models as tvm
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 
 SIZE = 32
 

@@ -7,17 +7,17 @@ argument stops before any work, with the key named, e.g. ``optimizer.Adam.betas`
 from __future__ import annotations
 
 import collections.abc as abc
+import contextlib
 import inspect
 import math
 import types
 import typing
-from typing import Any, Literal, Union
 from collections.abc import Callable, Iterable
+from typing import Any, Literal, Union
 
 import torch
 
 from cifarlab.errors import ParamsError
-import contextlib
 
 _EMPTY = inspect.Parameter.empty
 _HINT_NAMES = {

@@ -35,16 +35,16 @@ Losses that need pairs, triplets, sequences or a variance are refused with the r
 from __future__ import annotations
 
 import math
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from cifarlab.params import LossParams
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 from cifarlab.optim.kwargs import validate_kwargs
+from cifarlab.params import LossParams
 
 _INPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "logits": lambda x: x,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 from cifarlab.optim.kwargs import validate_kwargs
 from cifarlab.params import OptimizerParams
 

@@ -52,6 +52,7 @@ their own ``interval`` (the composite's applies).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -60,12 +61,11 @@ from typing import Any, Optional
 import torch
 from torch.optim import lr_scheduler
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from cifarlab.params import OptimizerParams, SchedulerParams
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 from cifarlab.optim.kwargs import validate_kwargs
 from cifarlab.optim.optimizers import dummy_optimizer
 from cifarlab.optim.safe_formula import Formula, parse_formula
-import itertools
+from cifarlab.params import OptimizerParams, SchedulerParams
 
 NONE = "none"
 EPOCH, BATCH = "epoch", "batch"

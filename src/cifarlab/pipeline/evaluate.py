@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from cifarlab.artifact import load_model
 from cifarlab.atomic import write_json, write_text
 from cifarlab.data.dataset import load_tensors
-from cifarlab.params import Params
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.sources import make_source
+from cifarlab.params import Params
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:

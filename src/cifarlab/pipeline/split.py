@@ -15,10 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from cifarlab.atomic import atomic_dir, free_space, on_disk
+from cifarlab.data.layout import (
+    MANIFEST_LINE,
+    SPLITS,
+    from_test_batch,
+    png_number,
+    read_manifest,
+    read_meta,
+    require_space,
+    write_manifest,
+)
 from cifarlab.errors import DataError, ParamsError
-from cifarlab.data.layout import (MANIFEST_LINE, SPLITS, from_test_batch, png_number, read_manifest, read_meta,
-                                  require_space, write_manifest)
-
 
 
 def largest_remainder(n: int, ratios: list[float]) -> list[int]:

@@ -19,29 +19,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarlab.artifact import save_model
 from cifarlab.atomic import atomic_dir, write_json, write_text
+from cifarlab.augment.transforms import check_transforms, is_multicrop
 from cifarlab.data.dataset import load_tensors
 from cifarlab.data.index import read_index
-from cifarlab.data.layout import read_meta
-from cifarlab.data.layout import read_stats
-from cifarlab.errors import CifarlabError, ParamsError
-from cifarlab.params import Params
+from cifarlab.data.layout import read_meta, read_stats
 from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest, train_lock
 from cifarlab.engine.device import setup_runtime
+from cifarlab.engine.diagnostics import LayerDiagnostics, fixed_batch, layers_csv, rng_kept
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
 from cifarlab.engine.loop import Dist, _prepare, evaluate, train_one_epoch
-from cifarlab.engine.sources import make_source
 from cifarlab.engine.memory import check_training_memory
 from cifarlab.engine.progress import epoch_bar
-from cifarlab.engine.diagnostics import LayerDiagnostics, fixed_batch, layers_csv, rng_kept
+from cifarlab.engine.sources import make_source
 from cifarlab.engine.tensorboard import TrainLogger, chain
-from cifarlab.artifact import save_model
-from cifarlab.augment.transforms import check_transforms, is_multicrop
+from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.models.registry import check_model, create_model
 from cifarlab.models.summary import summarize
 from cifarlab.optim.losses import build_loss, check_loss
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
 from cifarlab.optim.schedulers import build_scheduler, check_scheduler
+from cifarlab.params import Params
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,11 +12,11 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from cifarlab.atomic import atomic_dir, free_space, on_disk, write_json
-from cifarlab.errors import DataError
 from cifarlab.archive.reader import Batch, iter_batches
+from cifarlab.atomic import atomic_dir, free_space, on_disk, write_json
 from cifarlab.data.layout import BATCH_SIZE, MANIFEST_LINE, batch_offset, png_name, require_space, write_manifest
 from cifarlab.data.parallel import map_ranges
+from cifarlab.errors import DataError
 
 #: the largest PNG of a 32x32 RGB image (noise at compress_level 1: zlib falls back to stored
 #: blocks, 3,104 bytes of rows plus the PNG chunks); real images are about 2.4 KB

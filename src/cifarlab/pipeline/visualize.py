@@ -25,10 +25,10 @@ from cifarlab.artifact import load_model
 from cifarlab.atomic import atomic_dir, write_text
 from cifarlab.data.dataset import load_tensors
 from cifarlab.data.layout import read_stats
+from cifarlab.engine.device import pick_device, use_all_cores
 from cifarlab.errors import CifarlabError
 from cifarlab.models.summary import summarize
 from cifarlab.params import Params
-from cifarlab.engine.device import pick_device, use_all_cores
 from cifarlab.viz import cam, figures, hooks, kernels, layers
 from cifarlab.viz.inputs import EvalInputs, train_grid_images
 from cifarlab.viz.predictions import choose, predict

@@ -16,8 +16,8 @@ gradients at each layer's boundaries: the course's other hook kinds, where each 
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
 from collections.abc import Iterator
+from typing import Optional
 
 import numpy as np
 import torch

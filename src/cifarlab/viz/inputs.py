@@ -11,16 +11,16 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
-from collections.abc import Callable
 
 import torch
 
 from cifarlab.augment.batch import plan
+from cifarlab.augment.transforms import build_transform, is_multicrop, normalize_args, parse_entry
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.index import read_index
-from cifarlab.augment.transforms import build_transform, is_multicrop, normalize_args, parse_entry
 
 Pipeline = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 
