@@ -11,9 +11,10 @@ from torch import nn
 
 from cifarlab.engine.diagnostics import layer_stats, measured_layers
 from cifarlab.models.tutorial import Net
-from test_train_loop import run, tiny, tree  # noqa: F401  (the module-scoped fixture)
+from test_train_loop import run, tiny
 
-torch.set_num_threads(1)
+# `tree`: conftest.py's tiny data tree
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _events(logdir):
@@ -22,7 +23,7 @@ def _events(logdir):
     return acc
 
 
-def test_diagnostics_do_not_change_the_training(tree, tmp_path):  # noqa: F811
+def test_diagnostics_do_not_change_the_training(tree, tmp_path):
     """Same history and metrics to the last digit with diagnostics on and off (dropout and
     BatchNorm included: resnet8 has batch norm), while the on run really measured."""
     over = {"model.name": "cifarlab.resnet8", "model.cifarlab.resnet8.width": 4}
@@ -42,7 +43,7 @@ def test_diagnostics_do_not_change_the_training(tree, tmp_path):  # noqa: F811
     assert (tmp_path / "off/reports/layers.csv").read_text().strip() == "epoch,depth,layer,activation_std,gradient_norm"
 
 
-def test_layers_csv_and_event_files_agree(tree, tmp_path):  # noqa: F811
+def test_layers_csv_and_event_files_agree(tree, tmp_path):
     run(tree, tmp_path, tiny(**{"train.log_every_steps": 2}))
     layers = measured_layers(Net())
     rows = list(csv.DictReader((tmp_path / "reports/layers.csv").open()))
@@ -62,7 +63,7 @@ def test_layers_csv_and_event_files_agree(tree, tmp_path):  # noqa: F811
     assert all(e.value == pytest.approx(0.01) for e in acc.Scalars("step/learning_rate/group_0"))
 
 
-def test_no_step_curves_when_off(tree, tmp_path):  # noqa: F811
+def test_no_step_curves_when_off(tree, tmp_path):
     run(tree, tmp_path, tiny(**{"train.log_every_steps": 0, "train.diagnostics": False}))
     tags = _events(tmp_path / "tb").Tags()["scalars"]
     assert not [t for t in tags if t.startswith(("step/", "layers/"))]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cifarlab.engine.tensorboard import TrainLogger
@@ -30,7 +29,7 @@ from cifarlab.models.registry import build_model
 from cifarlab.pipeline.visualize import run_visualize
 from test_viz_stage import CLASSES, make_workspace, params_with
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 START_TIMEOUT = 90
 

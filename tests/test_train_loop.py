@@ -6,42 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_factory import CLASSES, make_archive, png_bomb
+from cifar_factory import CLASSES, png_bomb
 from cifarlab.engine.checkpoint import CheckpointDir, fingerprint
 from cifarlab.engine.loop import NonFiniteLoss, epoch_permutation
 from cifarlab.errors import DataError
 from cifarlab.params import parse_params
 from cifarlab.pipeline.evaluate import classification_report
-from cifarlab.pipeline.index import write_indexes
-from cifarlab.pipeline.split import split
-from cifarlab.pipeline.stats import write_stats
-from cifarlab.pipeline.train import Paths, fit
-from cifarlab.pipeline.unpack import unpack
+from cifarlab.pipeline.train import fit
 from dvc_project import set_dotted
+from tiny_tree import train_paths
 
-torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tree")
-    arc = make_archive(root / "a.tar.gz", per_class=6)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        unpack(arc, ["test_batch"], "data/png", "data/meta.json", progress=lambda *_: None)
-        split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, progress=lambda *_: None)
-        write_indexes("data/split", CLASSES, "data/index", progress=lambda *_: None)
-        write_stats("data/index/train.txt", "data/stats/normalize.json", progress=lambda *_: None)
-    finally:
-        os.chdir(cwd)
-    return root
-
-
-def paths(root: Path, out: Path) -> Paths:
-    return Paths(train_index=root / "data/index/train.txt", valid_index=root / "data/index/valid.txt",
-                 stats=root / "data/stats/normalize.json", meta=root / "data/meta.json", models=out / "models",
-                 reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=root)
+# `tree`: conftest.py's tiny data tree, 6 images per class
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**over):
@@ -60,7 +36,7 @@ def run(tree, tmp_path, params, logs=None):
     cwd = os.getcwd()
     os.chdir(tree)
     try:
-        return fit(params, paths(tree, tmp_path), log=(logs.append if logs is not None else (lambda *_: None)))
+        return fit(params, train_paths(tree, tmp_path), log=(logs.append if logs is not None else (lambda *_: None)))
     finally:
         os.chdir(cwd)
 

@@ -15,7 +15,7 @@ from cifarlab.pipeline.visualize import PICTURES, run_visualize
 from cifarlab.viz import cam, hooks
 from test_viz_stage import make_workspace, params_with, read_run
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grad_cam_by_autograd(model, layer, x, target):

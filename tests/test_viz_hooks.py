@@ -6,7 +6,7 @@ from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model
 from cifarlab.viz import hooks, kernels, layers
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = ["tutorial.net", "cifarlab.resnet8", "torchvision.resnet18"]
 

@@ -27,7 +27,7 @@ from cifarlab.pipeline.visualize import PICTURES, VizPaths, run_visualize
 from cifarlab.viz.inputs import denormalize, normalize_entries, train_grid_images
 from cifarlab.viz.predictions import choose
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
