@@ -24,7 +24,7 @@ from cifarlab.errors import DataError
 
 def _download(url: str, dest: Path, progress: bool = True) -> None:
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only a download shows a progress bar
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     try:

@@ -102,7 +102,7 @@ def train_lock(root: Path):
     missing (Windows), returns None and locks nothing.
     """
     try:
-        import fcntl
+        import fcntl  # lazy: POSIX only; on Windows training runs without the lock
     except ImportError:
         return None
     root = Path(root)

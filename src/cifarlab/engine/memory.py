@@ -45,6 +45,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from cifarlab.errors import ParamsError
 
@@ -123,8 +124,6 @@ def _saved_for_backward(model: nn.Module, batch: int, input_shape: tuple[int, ..
     (torch.func.functional_call), so nothing is allocated or computed; on "cpu" the model
     runs for real (the fallback for a model whose forward pass needs real values).
     """
-    from torch.func import functional_call
-
     if device == "meta":
         params = {n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
                   for n, p in model.named_parameters()}
@@ -222,7 +221,7 @@ def cpu_available_bytes() -> Optional[int]:
         pass
     if available is None:
         with contextlib.suppress(ImportError):
-            import psutil
+            import psutil  # lazy: optional (not a dependency), the fallback when /proc/meminfo is missing
 
             available = int(psutil.virtual_memory().available)
     room = _cgroup_room()

@@ -17,6 +17,7 @@ import itertools
 
 import torch
 from torch import nn
+from torch.nn.modules import activation as act
 
 #: torch.nn activations that cannot stand in for ReLU, and why.
 REFUSED_ACTIVATIONS = {
@@ -33,8 +34,6 @@ REFUSED_ACTIVATIONS = {
 
 def activation_names() -> list[str]:
     """The activation names accepted: torch.nn.modules.activation's classes minus the refused."""
-    from torch.nn.modules import activation as act
-
     return sorted(n for n in act.__all__ if isinstance(getattr(act, n), type) and n not in REFUSED_ACTIVATIONS)
 
 

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from cifarlab.artifact import load_model
 from cifarlab.atomic import write_json, write_text
+from cifarlab.augment.transforms import is_multicrop
 from cifarlab.data.dataset import load_tensors
 from cifarlab.engine.device import setup_runtime
+from cifarlab.engine.loop import evaluate
 from cifarlab.engine.sources import make_source
 from cifarlab.params import Params
 
@@ -49,9 +51,6 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
 
 def predict_index(model_path: Path, index: Path, params: Params, log=print):
     """Logits and targets of a saved model over an index, with the model's own eval transforms."""
-    from cifarlab.augment.transforms import is_multicrop
-    from cifarlab.engine.loop import evaluate
-
     runtime = setup_runtime(params.train.device, params.train.amp, params.runtime.threads, False)
     model, meta = load_model(model_path, runtime.device)
     runtime.channels_last = bool(meta.get("channels_last"))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.init as tinit
 
 from cifarlab.artifact import save_model
 from cifarlab.atomic import atomic_dir, write_json, write_text
@@ -37,9 +38,10 @@ from cifarlab.engine.tensorboard import TrainLogger, chain
 from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.models.registry import check_model, create_model
 from cifarlab.models.summary import summarize
-from cifarlab.optim.losses import build_loss, check_loss
-from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
-from cifarlab.optim.schedulers import build_scheduler, check_scheduler
+from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
+from cifarlab.optim.losses import build_loss, check_loss, supported_losses
+from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure, optimizer_classes
+from cifarlab.optim.schedulers import build_scheduler, check_scheduler, scheduler_classes
 from cifarlab.params import Params
 
 CODE_ROOT = Path(__file__).resolve().parent.parent
@@ -72,13 +74,6 @@ def check_all(params: Params, steps_per_epoch: int = 10) -> None:
 def check_argument_sections(params: Params) -> None:
     """Every `<section>.<Name>: {...}` must name a real component: a misspelt name would
     silently drop its arguments (`optimizer.SDG: {momentum: 0.9}` training SGD without momentum)."""
-    import torch.nn.init as tinit
-
-    from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
-    from cifarlab.optim.losses import supported_losses
-    from cifarlab.optim.optimizers import optimizer_classes
-    from cifarlab.optim.schedulers import scheduler_classes
-
     init_names = {n for n in dir(tinit) if n.endswith("_") and not n.startswith("_")}
     init_names |= {n.rstrip("_") for n in init_names}
     sections = [("optimizer", params.optimizer, set(optimizer_classes())),

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
 from torchvision.utils import make_grid
 
 from cifarlab.artifact import load_model
@@ -118,8 +119,6 @@ def _grad_cam_figure(model, plan: Plan, x: torch.Tensor, idx: list[int], *, targ
 
 def _overlay(img: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
     """An image [3, H, W] in 0..1 with a jet-coloured map [H, W] over it."""
-    from matplotlib import colormaps
-
     colour = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     return 0.55 * img.float().cpu() + 0.45 * colour
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torchvision import tv_tensors
 
 from cifarlab.augment.batch import plan
 from cifarlab.augment.transforms import build_transform, is_multicrop, normalize_args, parse_entry
@@ -33,8 +34,6 @@ def pipeline(entries: list, stats: dict, key: str) -> Pipeline:
     per_sample = build_transform(entries, key, stats)
 
     def run(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        from torchvision import tv_tensors
-
         if generator is not None:  # torchvision draws from the global generator
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         return torch.stack([per_sample(tv_tensors.Image(img)) for img in x])

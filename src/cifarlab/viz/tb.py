@@ -12,8 +12,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from cifarlab.engine.tensorboard import HISTOGRAM_BINS
@@ -43,9 +45,6 @@ class VisualizeLogger:
 
     def png(self, tag: str, path: Path) -> None:
         """A picture already rendered to a PNG file, logged as it is (no second matplotlib pass)."""
-        import numpy as np
-        from PIL import Image
-
         with Image.open(path) as im:
             self.writer.add_image(tag, np.asarray(im.convert("RGB")), self.step, dataformats="HWC")
 
