@@ -58,10 +58,10 @@ def _predict(args) -> int:
     failed = 0
     for path, top, error in predict_each(args.model, args.images, args.top_k, args.device):
         if args.json:
-            record = {"path": path, "error": error} if error else {
+            record = {"path": path, "error": error} if top is None else {
                 "path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in top]}
             print(json.dumps(record), flush=True)
-        elif error:
+        elif top is None:
             print(f"error: {error}", file=sys.stderr, flush=True)
         else:
             print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top), flush=True)

@@ -101,7 +101,9 @@ def sweep(params, *, index: Path, stats: Path, meta: Path, root: Path = Path("."
             break
         avg = SMOOTHING * avg + (1 - SMOOTHING) * value
         smooth = avg / (1 - SMOOTHING ** (step + 1))
-        out.lrs.append(lr), out.losses.append(value), out.smoothed.append(smooth)
+        out.lrs.append(lr)
+        out.losses.append(value)
+        out.smoothed.append(smooth)
         best = min(best, smooth)
         if step > 10 and smooth > DIVERGED * best:
             break

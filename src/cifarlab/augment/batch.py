@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -250,6 +250,9 @@ class _ToFloat(_PixelOp):
 
 
 class _Normalize(_PixelOp):
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
@@ -349,7 +352,7 @@ Ops = list[nn.Module]
 Handler = Callable[[dict, Size, str, Optional[dict]], tuple[Ops, Size]]
 
 
-def _random_crop(kw, size, path, stats):
+def _random_crop(kw, size, path, stats) -> tuple[Ops, Size]:
     oh, ow = _size(kw["size"])
     l, t, r, b = _padding(kw["padding"])
     h, w = size
@@ -364,7 +367,7 @@ def _random_crop(kw, size, path, stats):
                     offset=None)], (oh, ow)
 
 
-def _center_crop(kw, size, path, stats):
+def _center_crop(kw, size, path, stats) -> tuple[Ops, Size]:
     oh, ow = _size(kw["size"])
     h, w = size
     # torchvision pads with zeros to the crop size first, then rounds the anchor.
@@ -376,7 +379,7 @@ def _center_crop(kw, size, path, stats):
     return [op], (oh, ow)
 
 
-def _pad(kw, size, path, stats):
+def _pad(kw, size, path, stats) -> tuple[Ops, Size]:
     l, t, r, b = _padding(kw["padding"])
     out = (size[0] + t + b, size[1] + l + r)
     return [_Window(size, out, pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]),
@@ -384,7 +387,7 @@ def _pad(kw, size, path, stats):
 
 
 def _flip(axis: int) -> Handler:
-    def handler(kw, size, path, stats):
+    def handler(kw, size, path, stats) -> tuple[Ops, Size]:
         return [_Flip(size, axis, float(kw["p"]))], size
     return handler
 
@@ -397,7 +400,7 @@ def _zero(value: Any) -> bool:
     return all(v == 0 for v in value)
 
 
-def _affine(kw, size, path, stats):
+def _affine(kw, size, path, stats) -> tuple[Ops, Size]:
     reasons = []
     if not _zero(kw["degrees"]):
         reasons.append("rotation")
@@ -412,7 +415,7 @@ def _affine(kw, size, path, stats):
     return [_Translate(size, tuple(kw["translate"]), _fill(kw["fill"]))], size
 
 
-def _erasing(kw, size, path, stats):
+def _erasing(kw, size, path, stats) -> tuple[Ops, Size]:
     value = kw["value"]
     if isinstance(value, str):
         value = None
@@ -423,17 +426,17 @@ def _erasing(kw, size, path, stats):
     return [_Erase(kw["p"], kw["scale"], kw["ratio"], value)], size
 
 
-def _to_dtype(kw, size, path, stats):
+def _to_dtype(kw, size, path, stats) -> tuple[Ops, Size]:
     if kw["dtype"] == torch.float32 and kw.get("scale", True):
         return [_ToFloat()], size
     raise _Uncovered("only float32 with scale=True is covered")
 
 
-def _noop(kw, size, path, stats):
+def _noop(kw, size, path, stats) -> tuple[Ops, Size]:
     return [], size
 
 
-def _to_float(kw, size, path, stats):
+def _to_float(kw, size, path, stats) -> tuple[Ops, Size]:
     return [_ToFloat()], size
 
 
@@ -617,7 +620,7 @@ class _WindowTaker:
             return None
         if not all(isinstance(f, _Flip) and f.axis == 1 for f in flips):
             return None
-        return cls(aug, images, window, flips, rest)
+        return cls(aug, images, window, cast("list[_Flip]", flips), rest)  # all _Flip: checked above
 
     def __call__(self, idx: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         dev = self.rows.device
@@ -644,7 +647,7 @@ def uncovered(entries: list[dict], image_size: Size = (32, 32)) -> list[str]:
     """The entries that keep a list off the fast path, e.g. ['ColorJitter',
     'RandomAffine (rotation; only translations are covered)'], for the fallback's log line."""
     planner = _Planner(stats=None, check_only=True)
-    planner.walk(list(entries), "augment", tuple(image_size))
+    planner.walk(list(entries), "augment", (*image_size,))
     return planner.missing
 
 
@@ -655,9 +658,9 @@ def plan(entries: list[dict], stats: Optional[dict], key: str,
     Entries are validated first exactly as the per-sample path does, so a bad list fails the
     same way whichever path would have run it.
     """
-    T.check_transforms(entries, key, tuple(image_size))
+    T.check_transforms(entries, key, (*image_size,))
     planner = _Planner(stats=stats, check_only=False)
-    ops, out_size = planner.walk(list(entries), key, tuple(image_size))
+    ops, out_size = planner.walk(list(entries), key, (*image_size,))
     if planner.missing:
         return None
-    return BatchAugment(ops, tuple(image_size), out_size)
+    return BatchAugment(ops, (*image_size,), out_size)

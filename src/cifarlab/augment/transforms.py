@@ -426,7 +426,7 @@ def check_transforms(entries: list[dict], key: str, image_size: tuple[int, int] 
                 ) from None
 
 
-def build_transform(entries: list[dict], key: str, stats: dict | None) -> v2.Transform:
+def build_transform(entries: list[dict], key: str, stats: dict | None) -> v2.Compose:
     """The per-sample pipeline: uint8 image tensor or PIL image -> float32 tensor 0..1.
 
     Output is [3, H, W], or [ncrops, 3, H, W] after FiveCrop/TenCrop (stacked automatically

@@ -16,6 +16,7 @@ _TASK: Callable | None = None
 
 
 def _run(bounds):
+    assert _TASK is not None, "map_ranges sets the task before any worker runs"
     return _TASK(*bounds)
 
 

@@ -237,8 +237,8 @@ def available_bytes_on(device: torch.device | str) -> tuple[Optional[int], str]:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), f"free on {device} (torch.cuda.mem_get_info)"
     if device.type == "mps":
-        mps = getattr(torch, "mps", None)
-        with contextlib.suppress(AttributeError, RuntimeError):
+        with contextlib.suppress(AttributeError, RuntimeError):  # AttributeError: a torch without torch.mps
+            mps = torch.mps
             return (int(mps.recommended_max_memory() - mps.driver_allocated_memory()),
                     "left of MPS's recommended working set")
     where = "MemAvailable in /proc/meminfo" if os.path.exists("/proc/meminfo") else "available system memory"

@@ -7,6 +7,7 @@ not, said in one log line; the tutorial's per-image PIL path when `augment.backe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -36,7 +37,7 @@ def make_source(entries: list, key: str, *, backend: str, images, labels, index:
                 dist: Dist = Dist(), log=print, keep: bool = False):
     """A batch source for `entries` (augment.train or augment.eval) over these images; `keep`:
     hold on to the batches of a source that gives the same ones every epoch (validation)."""
-    common = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
+    common: dict[str, Any] = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
                   rank=dist.rank if shuffle else 0, world=dist.world if shuffle else 1)
     if backend == "tensor":
         fast = plan(entries, stats, key)

@@ -228,7 +228,7 @@ def apply_init(model: nn.Module, init) -> list[str]:
         layer = layer_type(module)
         p = plans.get(layer) if layer else None
         weight = getattr(module, "weight", None)
-        if p is None or p.method == DEFAULT or not isinstance(weight, torch.Tensor):
+        if layer is None or p is None or p.method == DEFAULT or not isinstance(weight, torch.Tensor):
             continue
         p.fn(weight, **p.kwargs)
         bias = getattr(module, "bias", None)

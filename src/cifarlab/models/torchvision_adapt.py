@@ -81,7 +81,7 @@ def _new_conv(
     kernel_size: int = 3,
     stride: int = 1,
     padding: int = 1,
-    init: Callable[[torch.Tensor], None] = _kaiming_out,
+    init: Callable[[torch.Tensor], object] = _kaiming_out,  # torch.nn.init's return the tensor
 ) -> nn.Conv2d:
     """A conv with `old`'s channels but a CIFAR-sized kernel, initialised as the family does."""
     conv = nn.Conv2d(

@@ -145,7 +145,8 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
     if child and name in _NOT_A_CHILD:
         raise ParamsError(name_key, f"{name} cannot be a stage here: {_NOT_A_CHILD[name]}", name)
     given = {**DEFAULTS.get(name, {}), **given}
-    spec = _Spec(name, key, classes[name])
+    cls = classes[name]
+    spec = _Spec(name, key, cls)
     default_interval = BATCH if name in _PER_BATCH else EPOCH
     if "interval" in given and child:
         raise ParamsError(f"{key}.interval", "a stage steps with its composite; set interval there")
@@ -166,7 +167,7 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
         spec.children = _children(given.pop("schedulers", None), f"{key}.schedulers")
     fixed = {**_FIXED, **_FIXED_FOR.get(name, {})}
     supplied = {"T_max", "max_lr", "base_lr", "lr_lambda", "schedulers"}
-    spec.kwargs = validate_kwargs(key, spec.cls, given, skip=("optimizer",), fixed=fixed,
+    spec.kwargs = validate_kwargs(key, cls, given, skip=("optimizer",), fixed=fixed,
                                   supplied=supplied)
     for arg in _POSITIVE:
         if arg in spec.kwargs and spec.kwargs[arg] is not None and spec.kwargs[arg] <= 0:
@@ -231,8 +232,7 @@ def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
     return "betas" in d or bool(d.get("momentum", 0))
 
 
-def _lambdas(spec: _Spec, n_groups: int) -> Any:
-    formulas = spec.formulas
+def _lambdas(spec: _Spec, formulas: list[Formula], n_groups: int) -> Any:
     if len(formulas) not in (1, n_groups):
         raise ParamsError(
             f"{spec.key}.lr_lambda",
@@ -251,6 +251,7 @@ def _lambdas(spec: _Spec, n_groups: int) -> Any:
 
 def _make(spec: _Spec, optimizer, span: int, per_epoch: int, base_lrs: list[float]):
     """Construct `spec` on `optimizer`; `span` steps in its interval's unit."""
+    assert spec.cls is not None, "a parsed scheduler other than none"
     kwargs = dict(spec.kwargs)
     name = spec.name
     if name == "CosineAnnealingLR":
@@ -265,7 +266,7 @@ def _make(spec: _Spec, optimizer, span: int, per_epoch: int, base_lrs: list[floa
     if name in ("OneCycleLR", "CyclicLR"):
         kwargs.setdefault("cycle_momentum", _has_momentum(optimizer))
     if spec.formulas is not None:
-        kwargs[_FORMULA_ARGS[name]] = _lambdas(spec, len(optimizer.param_groups))
+        kwargs[_FORMULA_ARGS[name]] = _lambdas(spec, spec.formulas, len(optimizer.param_groups))
     if name == "SequentialLR":
         bounds = [0, *kwargs["milestones"], span]
         kwargs["schedulers"] = [
@@ -371,7 +372,7 @@ def check_scheduler(params: SchedulerParams, optimizer_params: Optional[Optimize
     """
     spec = _parse_section(params)
     if optimizer_params is None:
-        optimizer_params = OptimizerParams(name="SGD", lr=0.1, SGD={"momentum": 0.9})
+        optimizer_params = OptimizerParams.model_validate({"name": "SGD", "lr": 0.1, "SGD": {"momentum": 0.9}})
     optimizer, _ = dummy_optimizer(optimizer_params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no training here

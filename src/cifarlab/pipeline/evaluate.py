@@ -27,7 +27,8 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     return torch.bincount(targets * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
+                          ) -> tuple[dict, torch.Tensor]:
     k = len(classes)
     preds = logits.argmax(1)
     cm = confusion_matrix(preds, targets, k).double()

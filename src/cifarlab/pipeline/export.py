@@ -121,6 +121,7 @@ def export_onnx(model_path: Path, out: Path, log=print) -> dict:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ExportError(f"{model_path}: cannot be exported to ONNX ({meta['name']}, augment.eval "
                           f"{meta['eval_transforms']}): {first}") from None
+    assert program is not None, "dynamo=True returns the ONNXProgram"
     classes = list(meta["classes"])
     mean, std = meta["normalize"].get("mean"), meta["normalize"].get("std")
     program.model.metadata_props.update({

@@ -66,7 +66,7 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
         raise ParamsError("split.mode", "standard mode takes test_batch as the test split, "
                           "but data.batches does not list it", mode)
     rng = np.random.default_rng(seed)
-    totals = dict.fromkeys(SPLITS, 0)
+    totals: dict[str, int] = dict.fromkeys(SPLITS, 0)
     md5s = read_manifest(png_dir)
     manifest: dict[str, str] = {}
     per_class = {cls: _class_files(png_dir, cls) for cls in classes}

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -191,7 +191,7 @@ def _fit(params: Params, paths: Paths, dist: Dist, log) -> dict:
         if progress.history:  # resumed: the live files show where training stands at once
             write_live(paths, progress, complete=False, device=s.device)
     diag = None
-    if dist.main and params.train.diagnostics:
+    if writer is not None and params.train.diagnostics:  # writer: rank 0's (dist.main)
         with rng_kept(s.runtime.device):
             batch = fixed_batch(s.valid_src)
         diag = LayerDiagnostics(s.model, s.loss_fn, batch, rows=progress.layers)
@@ -200,7 +200,7 @@ def _fit(params: Params, paths: Paths, dist: Dist, log) -> dict:
             progress.layers = diag.rows
     run_epochs(params, s, progress, ckpt=ckpt, writer=writer, paths=paths, dist=dist, log=log, diag=diag)
     result = {"history": progress.history, "best": progress.best}
-    if dist.main:
+    if writer is not None:  # rank 0 (dist.main)
         hp_metrics = write_outputs(params, paths, s, progress)
         writer.finish(params, hp_metrics)
         ckpt.finish()
@@ -252,7 +252,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
     if tp.compile:
-        train_model = torch.compile(train_model)
+        train_model = cast(torch.nn.Module, torch.compile(train_model))  # a Module compiled is an OptimizedModule
     optimizer = build_optimizer(params.optimizer, model)
     fp = fingerprint(training_params(params), tensor_digest(train_x, train_y, valid_x, valid_y)
                      + json.dumps(stats, sort_keys=True) + str(dist.world), CODE_ROOT)

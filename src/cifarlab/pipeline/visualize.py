@@ -128,6 +128,7 @@ def _confusions(model, inputs: EvalInputs, paths: VizPaths, plan: Plan, *, devic
     """Confusion counts of the train and validation splits (eval transforms), and the evaluate stage's test ones."""
     k = len(classes)
     out = {}
+    assert paths.valid_index is not None, "VizPaths.__post_init__ sets it"
     for split, index in (("train", paths.train_index), ("valid", paths.valid_index)):
         x, y = load_tensors(index, paths.root, k)
         logits, _ = predict(model, inputs, x, head=plan.head, batch_size=batch_size, device=device,
