@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
+from train import train_run  # noqa: E402
+
 from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project, preset, stage_cmd  # noqa: E402
-from train import train_run  # noqa: E402
 
 OFF = {"train.diagnostics": False, "train.log_every_steps": 0}
 CONFIGS = {"default": {}, "tutorial": None}  # None: presets/tutorial.args, read at run time

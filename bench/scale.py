@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from data_stages import timed  # noqa: E402
+
 from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project  # noqa: E402
 

@@ -26,10 +26,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from cifar_factory import build_real_archive  # noqa: E402
-from dvc_project import make_project, preset  # noqa: E402
 from scale import ALL  # noqa: E402
 from train import train_run  # noqa: E402
+
+from cifar_factory import build_real_archive  # noqa: E402
+from dvc_project import make_project, preset  # noqa: E402
 
 
 def device_line() -> str:

@@ -33,7 +33,7 @@ def step_unpack(archive, work):
     with tarfile.open(archive) as tar:
         tar.extractall(work, filter="data")
     d = unpickle(os.path.join(work, "cifar-10-batches-py", "test_batch"))
-    for i in range(0, 10000):
+    for i in range(10000):
         img = np.reshape(d[b"data"][i], (3, 32, 32)).transpose(1, 2, 0)
         label_num = str(d[b"labels"][i])
         o_dir = os.path.join(work, "raw_test", label_num)

@@ -91,7 +91,8 @@ def main():
     args = ap.parse_args()
     os.chdir(args.root)
     torch.manual_seed(args.seed)
-    stats = json.load(open("data/stats/normalize.json"))
+    with open("data/stats/normalize.json") as f:
+        stats = json.load(f)
     norm = transforms.Normalize(stats["mean"], stats["std"])
     train_tf = transforms.Compose([transforms.Resize(32), transforms.RandomCrop(32, padding=4),
                                    transforms.ToTensor(), norm])

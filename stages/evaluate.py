@@ -1,8 +1,8 @@
 """Stage evaluate: the best model on the test index: accuracy, loss, per-class precision,
 recall and F1, macro averages, and the confusion matrix as counts and as DVC plot data."""
-import _path  # noqa: F401
-
 from pathlib import Path
+
+import _path  # noqa: F401
 
 from cifarlab.params import load_params
 from cifarlab.stage import parser, stage

@@ -1,9 +1,9 @@
 """Stage export: the trained model as one ONNX file (uint8 pixels in, logits out, the
 normalization inside the graph), checked against PyTorch with onnxruntime, and its model
 card (size, params, data, test metrics per class, training time, how to load it, limits)."""
-import _path  # noqa: F401
-
 from pathlib import Path
+
+import _path  # noqa: F401
 
 from cifarlab.params import load_params
 from cifarlab.stage import parser, stage

@@ -1,8 +1,8 @@
 """Stage split: train/valid/test folders of links to the PNG files, per class, seeded."""
 import _path  # noqa: F401
 
-from cifarlab.pipeline.split import split
 from cifarlab.params import load_params
+from cifarlab.pipeline.split import split
 from cifarlab.stage import parser, stage
 
 

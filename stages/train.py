@@ -1,10 +1,10 @@
 """Stage train: assemble model, loss, optimizer, scheduler and augmentation from params.yaml,
 train on the train index, validate every epoch, write the models, history, metrics and a
 TensorBoard run. Interrupted? Rerun `dvc repro`: it resumes from checkpoints/."""
-import _path  # noqa: F401
-
 import sys
 from pathlib import Path
+
+import _path  # noqa: F401
 
 from cifarlab.params import load_params
 from cifarlab.stage import parser, stage

@@ -1,8 +1,8 @@
 """Stage unpack: the archive's batches (data.batches) as PNG files, one folder per class."""
 import _path  # noqa: F401
 
-from cifarlab.pipeline.unpack import unpack
 from cifarlab.params import load_params
+from cifarlab.pipeline.unpack import unpack
 from cifarlab.stage import parser, stage
 
 

@@ -2,9 +2,9 @@
 training curves, confusion matrix, per-class precision and recall, kernels, feature maps,
 weight and gradient distributions, Grad-CAM, the model summary (reports/figures), and the
 stage's own TensorBoard run (images, graph, embedding, PR curves, text, figures, histograms)."""
-import _path  # noqa: F401
-
 from pathlib import Path
+
+import _path  # noqa: F401
 
 from cifarlab.params import load_params
 from cifarlab.stage import parser, stage

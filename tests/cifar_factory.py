@@ -9,9 +9,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
-import struct
 import tarfile
 import zlib
 from pathlib import Path

@@ -142,8 +142,8 @@ def fix_dvc_yaml(path: Path = ROOT / "dvc.yaml") -> list[str]:
         if code == [d for d in stage["deps"] if d.startswith(("src/", "stages/"))]:
             continue
         block = "    deps:\n" + "".join(f"      - {d}\n" for d in data + code)
-        pattern = re.compile(r"(  %s:\n(?:    [^\n]*\n)*?)    deps:\n(?:      - [^\n]*\n)+" % re.escape(name))
-        text, n = pattern.subn(lambda m: m.group(1) + block, text, count=1)
+        pattern = re.compile(rf"(  {re.escape(name)}:\n(?:    [^\n]*\n)*?)    deps:\n(?:      - [^\n]*\n)+")
+        text, n = pattern.subn(lambda m, block=block: m.group(1) + block, text, count=1)
         assert n == 1, f"could not find the deps of stage {name}"
         changed.append(name)
     path.write_text(text)

@@ -74,8 +74,10 @@ def set_dotted(raw, dotted: str, value, create: bool = True) -> None:
     for p in parents:
         if isinstance(node, list):
             node = node[int(p)]
+        elif create:
+            node = node.setdefault(p, {})
         else:
-            node = node.setdefault(p, {}) if create else node[p]
+            node = node[p]
     if isinstance(node, list):
         node[int(last)] = value
     else:

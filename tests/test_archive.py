@@ -55,7 +55,7 @@ def test_truncated_at_several_offsets(tmp_path, fraction):
     data = good.read_bytes()
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(data[: int(len(data) * fraction)])
-    with pytest.raises(DataError, match="truncated|corrupt"):
+    with pytest.raises(DataError, match=r"truncated|corrupt"):
         read_archive(bad, ["test_batch"])
 
 
@@ -122,18 +122,18 @@ def test_bad_batches(tmp_path, obj, words):
 
 def test_batch_not_in_archive_lists_what_is(tmp_path):
     arc = make_archive(tmp_path / "a.tar.gz")
-    with pytest.raises(DataError, match="data_batch_3.*not in the archive.*test_batch"):
+    with pytest.raises(DataError, match=r"data_batch_3.*not in the archive.*test_batch"):
         read_archive(arc, ["data_batch_3"])
 
 
 def test_missing_meta(tmp_path):
     arc = make_archive(tmp_path / "a.tar.gz", omit_meta=True)
-    with pytest.raises(DataError, match="batches.meta"):
+    with pytest.raises(DataError, match=r"batches.meta"):
         read_archive(arc, ["test_batch"])
 
 
 def test_gzip_of_non_tar(tmp_path):
     arc = tmp_path / "a.tar.gz"
     arc.write_bytes(gzip.compress(b"hello" * 1000))
-    with pytest.raises(DataError, match="corrupt|truncated"):
+    with pytest.raises(DataError, match=r"corrupt|truncated"):
         read_archive(arc, ["test_batch"])

@@ -19,13 +19,7 @@ DEFAULT = [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": 
            {"Normalize": {}}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(n=16, low=0, seed=0):

@@ -15,10 +15,9 @@ import pytest
 from PIL import Image
 
 from cifar_factory import CLASSES
+from cifarlab.cli import main as cli
 from code_deps import ROOT
 from test_export import make_model_file
-
-from cifarlab.cli import main as cli
 
 
 class Captured(Exception):

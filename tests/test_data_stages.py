@@ -13,11 +13,11 @@ from PIL import Image
 from cifar_factory import CLASSES, batch_arrays, make_archive
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.index import read_index
+from cifarlab.errors import DataError, ParamsError
 from cifarlab.pipeline.index import write_indexes
 from cifarlab.pipeline.split import largest_remainder, split
 from cifarlab.pipeline.stats import channel_stats
 from cifarlab.pipeline.unpack import unpack
-from cifarlab.errors import DataError, ParamsError
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_split_exact_disjoint_links_seeded(tree):
 
 def test_empty_split_is_an_error(tree):
     root, _ = tree
-    with pytest.raises(ParamsError, match="split.valid.*empty"):
+    with pytest.raises(ParamsError, match=r"split.valid.*empty"):
         split("data/png", "data/meta.json", root / "x", train=0.9, valid=0.0, test=0.1)
     assert not (root / "x").exists()
 
@@ -120,7 +120,7 @@ def test_standard_mode(tmp_path):
 def test_standard_mode_needs_test_batch(tmp_path):
     arc = make_archive(tmp_path / "a.tar.gz", batches=("data_batch_1",))
     unpack(arc, ["data_batch_1"], tmp_path / "png", tmp_path / "meta.json")
-    with pytest.raises(ParamsError, match="split.mode"):
+    with pytest.raises(ParamsError, match=r"split.mode"):
         split(tmp_path / "png", tmp_path / "meta.json", tmp_path / "split", mode="standard")
 
 

@@ -1,6 +1,7 @@
 """Per-layer diagnostics and per-step curves of the train stage (engine/diagnostics.py,
 engine/tensorboard.py): real training on a tiny tree, read back from the event files."""
 import csv
+import itertools
 import math
 
 import pytest
@@ -8,11 +9,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from test_train_loop import run, tiny, tree  # noqa: F401  (the module-scoped fixture)
 from cifarlab.engine.diagnostics import layer_stats, measured_layers
 from cifarlab.models.tutorial import Net
+from test_train_loop import run, tiny
 
-torch.set_num_threads(1)
+# `tree`: conftest.py's tiny data tree
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _events(logdir):
@@ -21,7 +23,7 @@ def _events(logdir):
     return acc
 
 
-def test_diagnostics_do_not_change_the_training(tree, tmp_path):  # noqa: F811
+def test_diagnostics_do_not_change_the_training(tree, tmp_path):
     """Same history and metrics to the last digit with diagnostics on and off (dropout and
     BatchNorm included: resnet8 has batch norm), while the on run really measured."""
     over = {"model.name": "cifarlab.resnet8", "model.cifarlab.resnet8.width": 4}
@@ -41,7 +43,7 @@ def test_diagnostics_do_not_change_the_training(tree, tmp_path):  # noqa: F811
     assert (tmp_path / "off/reports/layers.csv").read_text().strip() == "epoch,depth,layer,activation_std,gradient_norm"
 
 
-def test_layers_csv_and_event_files_agree(tree, tmp_path):  # noqa: F811
+def test_layers_csv_and_event_files_agree(tree, tmp_path):
     run(tree, tmp_path, tiny(**{"train.log_every_steps": 2}))
     layers = measured_layers(Net())
     rows = list(csv.DictReader((tmp_path / "reports/layers.csv").open()))
@@ -61,7 +63,7 @@ def test_layers_csv_and_event_files_agree(tree, tmp_path):  # noqa: F811
     assert all(e.value == pytest.approx(0.01) for e in acc.Scalars("step/learning_rate/group_0"))
 
 
-def test_no_step_curves_when_off(tree, tmp_path):  # noqa: F811
+def test_no_step_curves_when_off(tree, tmp_path):
     run(tree, tmp_path, tiny(**{"train.log_every_steps": 0, "train.diagnostics": False}))
     tags = _events(tmp_path / "tb").Tags()["scalars"]
     assert not [t for t in tags if t.startswith(("step/", "layers/"))]
@@ -86,7 +88,7 @@ def test_normal_std_1_grows_with_depth_kaiming_stays_flat():
     normal = _profile(lambda w: nn.init.normal_(w, std=1.0))
     kaiming = _profile(lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"))
     assert all(math.isfinite(v) for v in normal)
-    assert all(b > 3 * a for a, b in zip(normal, normal[1:])), normal  # grows layer after layer
+    assert all(b > 3 * a for a, b in itertools.pairwise(normal)), normal  # grows layer after layer
     assert normal[-1] > 1e4
     assert max(kaiming) / min(kaiming) < 10, kaiming  # flat, within an order of magnitude
     assert normal[-1] / normal[0] > 100 * kaiming[-1] / kaiming[0]

@@ -34,6 +34,7 @@ skipped silently, and a stale entry fails the lint test.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -392,7 +393,7 @@ def test_doc_commands_run_as_typed(doc, tmp_path):
     for line, secs, output in timings:
         report.append(f"  block at line {line}: {secs:.1f} s")
         marks = re.findall(r"\+\+\+ harness ([\d.]+) command (\w+): (.*)", output)
-        for (t, _, label), (nxt, _, _) in zip(marks, marks[1:]):
+        for (t, _, label), (nxt, _, _) in itertools.pairwise(marks):
             report.append(f"    {float(nxt) - float(t):6.1f} s  {label}")
     print("\n".join(report))
 

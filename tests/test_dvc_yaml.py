@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import yaml
+
 from code_deps import PACKAGE, ROOT, USER, check_declared, declaration
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

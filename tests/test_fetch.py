@@ -5,8 +5,8 @@ import subprocess
 import pytest
 
 from cifar_factory import make_archive
-from cifarlab.cli import main
 from cifarlab.archive.fetch import get_archive, set_params_md5
+from cifarlab.cli import main
 from cifarlab.errors import DataError
 
 

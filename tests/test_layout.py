@@ -4,9 +4,11 @@ Each top-level part of src/cifarlab (a folder or a module) may import the parts 
 it, and anything inside itself. A new part must be added here, which is the moment to decide
 where it sits.
 """
+import ast
 from pathlib import Path
 
 import pytest
+
 from code_deps import PACKAGE, ROOT, USER, imports
 
 BASE = {"errors", "atomic", "params"}
@@ -103,23 +105,72 @@ def test_the_rule_catches_an_upward_import(tmp_path):
         probe.unlink()
 
 
-def _functions():
-    import ast
-
-    for path in sorted(PACKAGE.rglob("*.py")):
+def _functions(paths):
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 yield path, node
 
 
-def test_functions_fit_on_a_screen_and_take_keywords_past_five():
-    """No function in src/ over 80 lines; past five positional parameters, keyword-only ones."""
+def _where(path: Path, fn) -> str:
+    return f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{fn.lineno} {fn.name}"
+
+
+def _too_long_or_wide(paths) -> list[str]:
     too_long, too_many = [], []
-    for path, fn in _functions():
-        where = f"{path.relative_to(ROOT)}:{fn.lineno} {fn.name}"
+    for path, fn in _functions(paths):
         if fn.end_lineno - fn.lineno + 1 > 80:
-            too_long.append(f"{where} ({fn.end_lineno - fn.lineno + 1} lines)")
+            too_long.append(f"{_where(path, fn)} ({fn.end_lineno - fn.lineno + 1} lines)")
         positional = [a.arg for a in fn.args.posonlyargs + fn.args.args if a.arg not in ("self", "cls")]
         if len(positional) > 5:
-            too_many.append(f"{where} ({', '.join(positional)})")
-    assert not too_long and not too_many, "\n".join(too_long + too_many)
+            too_many.append(f"{_where(path, fn)} ({', '.join(positional)})")
+    return too_long + too_many
+
+
+def _unexplained_local_imports(paths) -> list[str]:
+    """Imports inside a function with no comment saying why: a comment on the import's first
+    line, on another import of the same run of imports, or on the line just above the run."""
+    bad = []
+    for path, fn in _functions(paths):
+        lines = path.read_text().splitlines()
+        local = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        first_lines = {n.lineno: n for n in local}
+        for node in local:
+            run = [node]
+            while (prev := next((n for n in local if n.end_lineno == run[0].lineno - 1), None)) is not None:
+                run.insert(0, prev)
+            while (nxt := first_lines.get(run[-1].end_lineno + 1)) is not None:
+                run.append(nxt)
+            commented = any("#" in lines[n.lineno - 1] for n in run)
+            if not commented and not lines[run[0].lineno - 2].lstrip().startswith("#"):
+                bad.append(f"{_where(path, fn)}: line {node.lineno} `{lines[node.lineno - 1].strip()}`")
+    return sorted(set(bad))
+
+
+def test_functions_fit_on_a_screen_and_take_keywords_past_five():
+    """No function in src/ over 80 lines; past five positional parameters, keyword-only ones."""
+    found = _too_long_or_wide(_modules())
+    assert not found, "\n".join(found)
+
+
+def test_imports_inside_functions_say_why():
+    """Imports sit at the module's top; one inside a function is lazy on purpose (start-up time,
+    an optional or platform module, the order matplotlib needs) and a comment says so."""
+    found = _unexplained_local_imports(_modules())
+    assert not found, "\n".join(found)
+
+
+def test_the_function_rules_catch_a_planted_violation(tmp_path):
+    """Guard the guards: a long function, a wide one and an unexplained lazy import are reported;
+    the same code within the rules is not."""
+    probe = tmp_path / "probe.py"
+    body = "".join(f"    x{i} = {i}\n" for i in range(80))
+    probe.write_text(f"def long():\n{body}\n\ndef wide(a, b, c, d, e, f):\n    pass\n\n\n"
+                     "def lazy():\n    import json\n\n    return json\n")
+    found = _too_long_or_wide([probe])
+    assert any("long (81 lines)" in f for f in found) and any("wide (a, b, c, d, e, f)" in f for f in found)
+    assert [f.split(" ", 1)[1] for f in _unexplained_local_imports([probe])] == ["lazy: line 89 `import json`"]
+    short = "".join(f"    x{i} = {i}\n" for i in range(79))
+    probe.write_text(f"def short():\n{short}\n\ndef narrow(a, b, c, d, e, *, f):\n    pass\n\n\n"
+                     "def lazy():\n    # lazy: a reason\n    import json\n    import os\n\n    return json, os\n")
+    assert _too_long_or_wide([probe]) == [] and _unexplained_local_imports([probe]) == []

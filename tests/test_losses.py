@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.errors import ParamsError
-from cifarlab.params import LossParams
 from cifarlab.optim.losses import REFUSED, build_loss, check_loss, supported_losses
+from cifarlab.params import LossParams
 
 C = 3
 LOGITS = torch.tensor([[1.5, -0.3, 0.2], [0.1, 2.0, -1.0], [-0.5, 0.4, 0.9], [0.0, 0.0, 0.0]])

@@ -3,15 +3,13 @@ import json
 import os
 
 import pytest
-import torch
 
 from cifarlab.cli import main
 from cifarlab.errors import ParamsError
 from cifarlab.lr_find import Sweep, check_range, suggest
 
-from test_train_loop import tree  # noqa: F401  (the module-scoped tiny data tree)
-
-torch.set_num_threads(1)
+# `tree`: conftest.py's tiny data tree
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_suggestion_is_a_tenth_of_the_lr_at_the_lowest_smoothed_loss():
@@ -29,7 +27,7 @@ def test_bad_range_is_one_clear_error(start, end, steps):
         check_range(start, end, steps)
 
 
-def test_lr_find_writes_its_own_folder_and_prints_the_command(tree, tmp_path, capsys):  # noqa: F811
+def test_lr_find_writes_its_own_folder_and_prints_the_command(tree, tmp_path, capsys):
     import yaml
 
     params = tmp_path / "params.yaml"

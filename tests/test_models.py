@@ -22,12 +22,7 @@ from cifarlab.params import ModelParams, load_params, parse_params
 LOCAL = [n for n in model_names() if not n.startswith("torchvision.")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_step(model: nn.Module, channels_last: bool = False) -> torch.Tensor:

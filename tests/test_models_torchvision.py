@@ -15,12 +15,7 @@ TORCHVISION = sorted(torchvision.models.list_models(module=torchvision.models))
 REAL = ["resnet18", "mobilenet_v3_small", "squeezenet1_1", "googlenet", "vit_b_16", "swin_t", "maxvit_t"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,16 @@ import torch
 from torch import nn
 
 from cifarlab.errors import ParamsError
+from cifarlab.optim.optimizers import (
+    REFUSED,
+    build_optimizer,
+    check_optimizer,
+    needs_closure,
+    optimizer_classes,
+    param_groups,
+    supported_optimizers,
+)
 from cifarlab.params import OptimizerParams
-from cifarlab.optim.optimizers import REFUSED, build_optimizer, check_optimizer, needs_closure, optimizer_classes, param_groups, supported_optimizers
 
 TUTORIAL = ["SGD", "ASGD", "Rprop", "Adagrad", "Adadelta", "RMSprop", "Adam", "Adamax", "LBFGS"]
 

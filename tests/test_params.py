@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_project import preset, set_dotted
 from cifarlab.errors import ParamsError
 from cifarlab.params import OptimizerParams, Params, load_params, parse_params
+from dvc_project import preset, set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -132,8 +132,8 @@ def test_presets_apply_through_dvc_exp_run_and_pass_every_check(name, tmp_path):
     import subprocess
 
     from cifar_factory import make_archive
-    from dvc_project import make_project
     from cifarlab.pipeline.train import check_all
+    from dvc_project import make_project
 
     proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=2))
     res = subprocess.run(["bash", "-c", f"dvc exp run --queue -n {name} $(cat presets/{name}.args)"],

@@ -118,7 +118,7 @@ def test_two_workers_run_every_experiment(sweep):
     proj, names, status = sweep
     logs = {n: proj.dvc("queue", "logs", n, check=False).stdout for n in names}
     assert all(status[n] == "Success" for n in names), f"{status}\n" + "\n".join(logs.values())
-    for name, log in logs.items():
+    for log in logs.values():
         assert "Running stage 'train'" in log and "Running stage 'evaluate'" in log, log
         # the experiment reuses the committed index and stats (only the uncached PNG trees are rebuilt)
         assert "Stage 'stats' didn't change, skipping" in log and "Running stage 'stats'" not in log, log
@@ -211,7 +211,7 @@ def test_one_worker_per_gpu_recipe(tmp_path):
         stop_workers(proj)
     assert set(status.values()) == {"Success"}, status
     seen = set()
-    for name, data in finished_experiments(proj).items():
+    for data in finished_experiments(proj).values():
         md5 = data["outs"]["seen.txt"]["hash"]
         seen.add((proj.path / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).read_text().strip())
     assert seen == {"0", "1"}, seen

@@ -34,8 +34,6 @@ from cifarlab.data.layout import read_stats
 from cifarlab.errors import DataError
 from dvc_project import TINY, Project, assert_fails_cleanly, make_project, run_stage, temp_leftovers
 
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -327,7 +325,7 @@ def test_an_oversized_batch_member_is_refused_from_its_header(tmp_path, monkeypa
 def test_read_stats_errors_name_the_file(tmp_path):
     bad = tmp_path / "normalize.json"
     bad.write_text("{not json")
-    with pytest.raises(DataError, match="normalize.json: not the JSON the stats stage writes"):
+    with pytest.raises(DataError, match=r"normalize.json: not the JSON the stats stage writes"):
         read_stats(bad)
     bad.write_text('{"images": 3}')
     with pytest.raises(DataError, match="no 'mean' and 'std'"):

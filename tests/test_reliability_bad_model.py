@@ -20,9 +20,8 @@ import yaml
 from PIL import Image
 
 from cifar_factory import make_archive
-from dvc_project import TINY, Project, assert_fails_cleanly, make_project, snapshot, stage_outs, temp_leftovers
 from cifarlab.models.registry import build_model
-
+from dvc_project import TINY, Project, assert_fails_cleanly, make_project, snapshot, stage_outs, temp_leftovers
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,19 @@ from pathlib import Path
 import pytest
 
 from cifar_factory import make_archive
-from dvc_project import (TINY, Project, assert_fails_cleanly, files_of, make_project, run_stage, set_params,
-                         snapshot, stage_cmd, stage_outs, temp_leftovers)
+from dvc_project import (
+    TINY,
+    Project,
+    assert_fails_cleanly,
+    files_of,
+    make_project,
+    run_stage,
+    set_params,
+    snapshot,
+    stage_cmd,
+    stage_outs,
+    temp_leftovers,
+)
 
 STAGES = ["unpack", "split", "index", "stats", "train", "evaluate", "visualize"]
 PARAMS = dict(TINY, **{"data.batches": ["data_batch_1", "test_batch"]})
@@ -225,7 +236,7 @@ def test_a_read_only_filesystem_stops_each_stage_with_one_line(disk, stage):
 
 
 def test_a_read_only_bind_mounted_reports_folder_stops_evaluate(disk):
-    mount, proj = disk
+    _mount, proj = disk
     with read_only_bind(proj.path / "reports"):
         assert_fails_cleanly(proj, "evaluate", "reports/eval/", "cannot write: read-only file system")
 

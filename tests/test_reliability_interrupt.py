@@ -244,7 +244,7 @@ def test_training_killed_at_random_moments_ends_with_the_uninterrupted_metrics(t
     kills = 0
     for _ in range(3):
         # "model: ..." is logged just before the first epoch; 3 epochs take about 2 s here
-        sent, out = interrupt(proj, ["repro", "train"], "model: ", rng.uniform(0.0, 2.5), signal.SIGKILL)
+        sent, _out = interrupt(proj, ["repro", "train"], "model: ", rng.uniform(0.0, 2.5), signal.SIGKILL)
         kills += sent
         repair_dvc_state(proj)
     assert kills >= 2, "training finished before most kills landed; make the archive bigger"

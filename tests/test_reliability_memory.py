@@ -13,14 +13,14 @@ import yaml
 from torch import nn
 
 from cifar_factory import real_archive_for_test
-from dvc_project import stage_cmd
+from cifarlab.engine import memory
+from cifarlab.engine.memory import check_training_memory, cpu_available_bytes, estimate, estimate_training_bytes
 from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model, create_model
 from cifarlab.params import load_params
-from cifarlab.engine import memory
-from cifarlab.engine.memory import check_training_memory, cpu_available_bytes, estimate, estimate_training_bytes
+from dvc_project import stage_cmd
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parent.parent
 GiB = 2**30
 
@@ -73,7 +73,7 @@ def test_extra_bytes_and_processes_count_against_the_budget(monkeypatch):
     need = estimate_training_bytes(model, 64, optimizer_name="SGD")
     room = int(need / 0.9) + 2**20
     check_training_memory(model, 64, "SGD", "cpu", available_bytes=room)
-    with pytest.raises(ParamsError, match="plus 4.0 MiB of data held there"):
+    with pytest.raises(ParamsError, match=r"plus 4.0 MiB of data held there"):
         check_training_memory(model, 64, "SGD", "cpu", available_bytes=room, extra_bytes=4 * 2**20)
     monkeypatch.setattr(memory, "cpu_available_bytes", lambda: room)
     check_training_memory(model, 64, "SGD", "cpu")
@@ -206,27 +206,14 @@ def shutil_copy(repo: Path, root: Path) -> None:
 
 
 def test_training_too_big_for_the_memory_stops_before_the_first_step(tmp_path, monkeypatch):
-    from cifar_factory import CLASSES, make_archive
-    from cifarlab.pipeline.index import write_indexes
-    from cifarlab.pipeline.split import split
-    from cifarlab.pipeline.stats import write_stats
-    from cifarlab.pipeline.unpack import unpack
     from cifarlab.params import parse_params
-    from cifarlab.pipeline.train import Paths, fit
+    from cifarlab.pipeline.train import fit
+    from tiny_tree import make_tree, train_paths
 
-    quiet = lambda *_: None  # noqa: E731
-    monkeypatch.chdir(tmp_path)
-    unpack(make_archive(tmp_path / "a.tar.gz", per_class=4), ["test_batch"], "data/png", "data/meta.json",
-           progress=quiet)
-    split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, progress=quiet)
-    write_indexes("data/split", CLASSES, "data/index", progress=quiet)
-    write_stats("data/index/train.txt", "data/stats/normalize.json", progress=quiet)
+    monkeypatch.chdir(make_tree(tmp_path, per_class=4))
     monkeypatch.setattr(memory, "available_bytes_on", lambda device: (64 * 2**20, "a test's budget"))
     params = parse_params({"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 8}, "runtime": {"threads": 1}})
     logs: list[str] = []
     with pytest.raises(ParamsError, match=r"train.batch_size: .*64.0 MiB available \(a test's budget\)"):
-        fit(params, Paths(train_index=Path("data/index/train.txt"), valid_index=Path("data/index/valid.txt"),
-                          stats=Path("data/stats/normalize.json"), meta=Path("data/meta.json"),
-                          models=tmp_path / "models", reports=tmp_path / "reports", tensorboard=tmp_path / "tb",
-                          checkpoints=tmp_path / "ckpt"), log=logs.append)
+        fit(params, train_paths(tmp_path, tmp_path), log=logs.append)
     assert not any(line.startswith("epoch") for line in logs) and not (tmp_path / "models").exists()

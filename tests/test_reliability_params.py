@@ -15,14 +15,13 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from dvc_project import set_dotted
 from cifarlab.errors import ParamsError
 from cifarlab.params import Params, parse_params
 from cifarlab.pipeline.train import check_all
+from dvc_project import set_dotted
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 # every key the schema has, params.yaml's and the defaults it leaves out alike

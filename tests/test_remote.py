@@ -148,7 +148,7 @@ def test_fresh_clone_pulls_and_reproduces_without_training(team):
 
 
 def test_push_to_unwritable_remote_fails_and_changes_nothing(team, tmp_path):
-    alice, remote = team
+    alice, _remote = team
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"a regular file: nothing can be created below it, not even by root\n")
     alice.dvc("remote", "add", "--local", "-f", "broken", str(blocker / "remote"))
@@ -186,7 +186,7 @@ def test_pull_from_missing_remote_fails_cleanly_then_local_url_fixes_it(team, tm
 
 
 def test_pull_of_outputs_never_pushed(team):
-    alice, remote = team
+    alice, _remote = team
     # bob is up to date with alice; dave trains a new model, commits, forgets `dvc push`
     bob = clone(alice, alice.path.parent / "bob-np")
     bob.dvc("pull")

@@ -6,9 +6,15 @@ import torch
 from torch import nn
 
 from cifarlab.errors import ParamsError
-from cifarlab.params import OptimizerParams, SchedulerParams
 from cifarlab.optim.optimizers import build_optimizer
-from cifarlab.optim.schedulers import MONITORS, build_scheduler, check_scheduler, scheduler_classes, supported_schedulers
+from cifarlab.optim.schedulers import (
+    MONITORS,
+    build_scheduler,
+    check_scheduler,
+    scheduler_classes,
+    supported_schedulers,
+)
+from cifarlab.params import OptimizerParams, SchedulerParams
 
 TUTORIAL = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
 WARMUP = {
@@ -93,7 +99,7 @@ def test_every_scheduler_runs(name):
     assert len(seen[0]) == 2
     # state_dict round trip: a fresh scheduler continues exactly where this one is
     state = sched.state_dict()
-    model2, optimizer2, sched2 = _setup(name, kwargs, groups=[{"prefix": "fc3", "lr_mult": 10}], epochs=8)
+    _model2, optimizer2, sched2 = _setup(name, kwargs, groups=[{"prefix": "fc3", "lr_mult": 10}], epochs=8)
     if name not in ("none", "OneCycleLR"):  # OneCycleLR's length is part of its state
         optimizer2.load_state_dict(optimizer.state_dict())
         sched2.load_state_dict(state)
@@ -131,7 +137,7 @@ def test_tutorial_lambda_lr_two_groups():
         groups=[{"prefix": "fc3", "lr_mult": 1}],
         epochs=10,
     )
-    per_epoch = [lrs for lrs in _run(model, optimizer, sched, 10, 1)]
+    per_epoch = list(_run(model, optimizer, sched, 10, 1))
     group0 = [lrs[0] for lrs in per_epoch]
     group1 = [lrs[1] for lrs in per_epoch]
     assert group0 == pytest.approx([0, 0, 0, 0.001, 0.001, 0.001, 0.002, 0.002, 0.002, 0.003])
@@ -350,7 +356,7 @@ def test_each_tutorial_scheduler_runs_from_its_name_alone(name):
     """`-S scheduler.name=X` with nothing under scheduler.X: the defaults fill torch's required
     arguments (the tutorial's values, section 3.4), and the whole schedule checks out."""
     check_scheduler(SchedulerParams(name=name), epochs=5)
-    model, optimizer, sched = _setup(name, {}, lr=1.0)
+    _model, _optimizer, sched = _setup(name, {}, lr=1.0)
     assert sched.inner is not None and type(sched.inner).__name__ == name
 
 

@@ -14,20 +14,16 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from cifar_factory import CLASSES, make_archive
-from dvc_project import ROOT, make_project, set_dotted
-from cifarlab.pipeline.index import write_indexes
-from cifarlab.pipeline.split import split
-from cifarlab.pipeline.stats import write_stats
-from cifarlab.pipeline.unpack import unpack
-from cifarlab.params import parse_params
-from cifarlab.pipeline.train import Paths, fit
+from cifar_factory import make_archive
 from cifarlab.optim.losses import supported_losses
+from cifarlab.params import parse_params
+from cifarlab.pipeline.train import fit
+from dvc_project import ROOT, make_project, set_dotted
+from tiny_tree import make_tree, train_paths
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: The tutorial's six schedulers, section 3.4.
 SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
@@ -39,19 +35,8 @@ TINY = {"model.name": "tutorial.net", "train.epochs": 1, "train.batch_size": 8, 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tree")
-    arc = make_archive(root / "a.tar.gz", per_class=4)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        quiet = {"progress": lambda *_: None}
-        unpack(arc, ["test_batch"], "data/png", "data/meta.json", **quiet)
-        split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, **quiet)
-        write_indexes("data/split", CLASSES, "data/index", **quiet)
-        write_stats("data/index/train.txt", "data/stats/normalize.json", **quiet)
-    finally:
-        os.chdir(cwd)
-    return root
+    """Smaller than conftest.py's tree: 4 images per class, one epoch for each of many names."""
+    return make_tree(tmp_path_factory.mktemp("tree"), per_class=4)
 
 
 def with_name(section: str, name: str):
@@ -65,13 +50,10 @@ def with_name(section: str, name: str):
 
 
 def train_one_epoch(tree: Path, out: Path, params) -> dict:
-    paths = Paths(train_index=tree / "data/index/train.txt", valid_index=tree / "data/index/valid.txt",
-                  stats=tree / "data/stats/normalize.json", meta=tree / "data/meta.json", models=out / "models",
-                  reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=tree)
     cwd = os.getcwd()
     os.chdir(tree)
     try:
-        history = fit(params, paths, log=lambda *_: None)["history"]
+        history = fit(params, train_paths(tree, out), log=lambda *_: None)["history"]
     finally:
         os.chdir(cwd)
     assert (out / "models" / "model.pt").is_file()

@@ -7,6 +7,7 @@ killed (its whole process group, which it was started in) within a bounded wait.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -21,15 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from cifarlab.models.registry import build_model
 from cifarlab.engine.tensorboard import TrainLogger
+from cifarlab.models.registry import build_model
 from cifarlab.pipeline.visualize import run_visualize
 from test_viz_stage import CLASSES, make_workspace, params_with
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 START_TIMEOUT = 90
 
@@ -44,7 +44,7 @@ class Server:
     def __init__(self, logdir: Path):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(logdir.parent / "tensorboard.log", "w+")
+        self.log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 - the server's log, closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(self.port),
              "--host", "127.0.0.1", "--reload_interval", "1"],
@@ -86,10 +86,8 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGTERM)  # the group it was started in: it and its data server
                 self.proc.wait(timeout=15)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(timeout=15)
         self.log.close()
 

@@ -6,42 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar_factory import CLASSES, make_archive, png_bomb
-from dvc_project import set_dotted
-from cifarlab.pipeline.index import write_indexes
-from cifarlab.pipeline.split import split
-from cifarlab.pipeline.stats import write_stats
-from cifarlab.pipeline.unpack import unpack
-from cifarlab.errors import DataError
-from cifarlab.pipeline.evaluate import classification_report
-from cifarlab.params import parse_params
+from cifar_factory import CLASSES, png_bomb
 from cifarlab.engine.checkpoint import CheckpointDir, fingerprint
-from cifarlab.pipeline.train import Paths, fit
 from cifarlab.engine.loop import NonFiniteLoss, epoch_permutation
+from cifarlab.errors import DataError
+from cifarlab.params import parse_params
+from cifarlab.pipeline.evaluate import classification_report
+from cifarlab.pipeline.train import fit
+from dvc_project import set_dotted
+from tiny_tree import train_paths
 
-torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tree")
-    arc = make_archive(root / "a.tar.gz", per_class=6)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        unpack(arc, ["test_batch"], "data/png", "data/meta.json", progress=lambda *_: None)
-        split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, progress=lambda *_: None)
-        write_indexes("data/split", CLASSES, "data/index", progress=lambda *_: None)
-        write_stats("data/index/train.txt", "data/stats/normalize.json", progress=lambda *_: None)
-    finally:
-        os.chdir(cwd)
-    return root
-
-
-def paths(root: Path, out: Path) -> Paths:
-    return Paths(train_index=root / "data/index/train.txt", valid_index=root / "data/index/valid.txt",
-                 stats=root / "data/stats/normalize.json", meta=root / "data/meta.json", models=out / "models",
-                 reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=root)
+# `tree`: conftest.py's tiny data tree, 6 images per class
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**over):
@@ -60,7 +36,7 @@ def run(tree, tmp_path, params, logs=None):
     cwd = os.getcwd()
     os.chdir(tree)
     try:
-        return fit(params, paths(tree, tmp_path), log=(logs.append if logs is not None else (lambda *_: None)))
+        return fit(params, train_paths(tree, tmp_path), log=(logs.append if logs is not None else (lambda *_: None)))
     finally:
         os.chdir(cwd)
 
@@ -91,8 +67,8 @@ def test_fit_writes_everything_and_is_reproducible(tree, tmp_path):
 def test_tensorboard_run_has_a_histogram_of_every_weight_and_gradient_per_epoch(tree, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cifarlab.models.tutorial import Net
     from cifarlab.engine.tensorboard import HISTOGRAM_BINS
+    from cifarlab.models.tutorial import Net
 
     run(tree, tmp_path, tiny())
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})
@@ -221,11 +197,11 @@ def test_predict_any_picture(tree, tmp_path):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
-    with pytest.raises(CifarlabError, match="bad.png: not a readable image"):
+    with pytest.raises(CifarlabError, match=r"bad.png: not a readable image"):
         predict_files(model, [big, bad])
     bomb = tmp_path / "bomb.png"
     png_bomb(bomb)
-    with pytest.raises(CifarlabError, match="bomb.png: refused, far too many pixels"):
+    with pytest.raises(CifarlabError, match=r"bomb.png: refused, far too many pixels"):
         predict_files(model, [bomb])
     assert cli(["predict", str(big), "--model", str(model), "--top-k", "11"]) == 1
     assert cli(["predict", str(gray), "--model", str(tmp_path / "missing.pt")]) == 1

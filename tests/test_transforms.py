@@ -8,20 +8,22 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from cifarlab.augment.transforms import LAMBDAS, NOT_PER_IMAGE, StackCrops, build_transform, check_transforms, is_multicrop, transform_names
+from cifarlab.augment.transforms import (
+    LAMBDAS,
+    NOT_PER_IMAGE,
+    StackCrops,
+    build_transform,
+    check_transforms,
+    is_multicrop,
+    transform_names,
+)
 from cifarlab.errors import ParamsError
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 KEY = "augment.train"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -142,7 +144,7 @@ def test_every_v2_transform(name, img, linear_file):
         assert out.shape[0] == 3 and out.dim() == 3
     else:
         assert tuple(out.shape) == shape
-    assert 0.0 <= out.min() and out.max() <= 1.0 or name in ("Normalize", "LinearTransformation")
+    assert (out.min() >= 0.0 and out.max() <= 1.0) or name in ("Normalize", "LinearTransformation")
 
 
 def test_walk_covers_the_tutorial_and_rejects_batch_transforms():
@@ -281,7 +283,7 @@ def test_bad_kwarg_names_the_accepted_ones():
 
 
 def test_missing_and_invalid_values():
-    with pytest.raises(ParamsError, match="missing required argument.*size"):
+    with pytest.raises(ParamsError, match=r"missing required argument.*size"):
         check_transforms([{"RandomCrop": {}}], KEY)
     with pytest.raises(ParamsError) as err:
         check_transforms([{"RandomHorizontalFlip": {}}, {"RandomCrop": {"size": 40}}], KEY)

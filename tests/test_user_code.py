@@ -24,8 +24,6 @@ import yaml
 from torch import nn
 
 from cifar_factory import CLASSES, make_archive
-from dvc_project import ROOT, TINY, assert_fails_cleanly, make_project, set_dotted
-from test_export import make_model_file, reference_logits
 from cifarlab import register
 from cifarlab.artifact import load_model
 from cifarlab.augment.batch import plan, uncovered
@@ -45,6 +43,8 @@ from cifarlab.predict import predict_files
 from cifarlab_user.losses import FocalLoss
 from cifarlab_user.models import MyNN
 from cifarlab_user.transforms import AddPepperNoise
+from dvc_project import ROOT, TINY, assert_fails_cleanly, make_project, set_dotted
+from test_export import make_model_file, reference_logits
 
 torch.set_num_threads(1)
 
@@ -67,7 +67,7 @@ def test_the_examples_are_registered_and_chosen_by_name():
         build_loss(LossParams(name="FocalLos"))
     with pytest.raises(ParamsError, match="AddPepperNoise"):
         check_transforms([{"AddPeperNoise": {}}], "augment.train")
-    with pytest.raises(ParamsError, match="user.my_nn"):
+    with pytest.raises(ParamsError, match=r"user\.my_nn"):
         build_model("user.my_mn")
 
 

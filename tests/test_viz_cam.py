@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from test_viz_stage import make_workspace, params_with, read_run
 from cifarlab.engine.diagnostics import layer_stats
 from cifarlab.models.registry import build_model
 from cifarlab.pipeline.visualize import PICTURES, run_visualize
 from cifarlab.viz import cam, hooks
+from test_viz_stage import make_workspace, params_with, read_run
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def grad_cam_by_autograd(model, layer, x, target):
@@ -127,7 +127,7 @@ def test_full_backward_hooks_agree_with_the_tensor_hooks_and_need_no_inplace():
     torch.manual_seed(4)
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     inplace = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 30 * 30, 10))
-    with pytest.raises(RuntimeError, match="inplace|in-place|view"):  # a conv's output modified in place
+    with pytest.raises(RuntimeError, match=r"inplace|in-place|view"):  # a conv's output modified in place
         cam.boundary_gradients(inplace, F.cross_entropy, x, y)
     assert cam.boundary_gradients(hooks.no_inplace(inplace), F.cross_entropy, x, y)
     model = hooks.no_inplace(build_model("cifarlab.resnet8"))

@@ -6,7 +6,7 @@ from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model
 from cifarlab.viz import hooks, kernels, layers
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = ["tutorial.net", "cifarlab.resnet8", "torchvision.resnet18"]
 
@@ -28,12 +28,12 @@ def batch(n=3, seed=0):
 
 
 def test_auto_layers_are_convs_in_forward_order(built):
-    net, table = built["tutorial.net"]
+    _net, table = built["tutorial.net"]
     assert layers.kernels_layer(table, "auto") == "conv1"
     assert layers.feature_layers(table, "auto") == ["conv1", "conv2"]
     assert layers.gradcam_layer(table, "auto") == "conv2"
     assert layers.classifier_layer(table) == "fc3"
-    rn, table = built["torchvision.resnet18"]
+    _rn, table = built["torchvision.resnet18"]
     assert layers.kernels_layer(table, "auto") == "conv1"
     assert layers.gradcam_layer(table, "auto") == "layer4.1.conv2"
     feats = layers.feature_layers(table, "auto")

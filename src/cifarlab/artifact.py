@@ -19,6 +19,8 @@ import torch
 
 from cifarlab.atomic import atomic_path
 from cifarlab.errors import CifarlabError, ParamsError
+from cifarlab.models.finetune import load_error, safe_torch_load
+from cifarlab.models.registry import build_model
 
 #: How to get a good model file back, appended to every error about one.
 REBUILD = "rebuild it with `dvc repro train`, or fetch the committed one with `dvc pull`"
@@ -58,9 +60,6 @@ def _damaged(path: Path, why: str) -> CifarlabError:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a saved model in eval mode; return (model, the rest of the file)."""
-    from cifarlab.models.finetune import safe_torch_load, load_error
-    from cifarlab.models.registry import build_model
-
     path = Path(path)
     if not path.is_file():
         raise CifarlabError(f"{path}: model file missing; {REBUILD}")

@@ -29,6 +29,7 @@ examples:
 
 
 def _get_archive(args) -> None:
+    # lazy: each subcommand imports only what it needs, so `cifarlab --help` answers at once
     from cifarlab.archive.fetch import get_archive, set_params_md5
     from cifarlab.params import load_params
 
@@ -51,15 +52,16 @@ def _predict(args) -> int:
 
     Exit status: 0 when every file was classified, 1 when any file (or the model) failed.
     """
+    # lazy: each subcommand imports only what it needs, so `cifarlab --help` answers at once
     from cifarlab.predict import predict_each
 
     failed = 0
     for path, top, error in predict_each(args.model, args.images, args.top_k, args.device):
         if args.json:
-            record = {"path": path, "error": error} if error else {
+            record = {"path": path, "error": error} if top is None else {
                 "path": path, "top_k": [{"class": c, "probability": round(p, 6)} for c, p in top]}
             print(json.dumps(record), flush=True)
-        elif error:
+        elif top is None:
             print(f"error: {error}", file=sys.stderr, flush=True)
         else:
             print(f"{path}: " + ", ".join(f"{cls} {p:.1%}" for cls, p in top), flush=True)
@@ -68,12 +70,14 @@ def _predict(args) -> int:
 
 
 def _export(args) -> None:
+    # lazy: each subcommand imports only what it needs, so `cifarlab --help` answers at once
     from cifarlab.pipeline.export import export_onnx
 
     export_onnx(Path(args.model), Path(args.out))
 
 
 def _tensorboard_gather(args) -> None:
+    # lazy: each subcommand imports only what it needs, so `cifarlab --help` answers at once
     from cifarlab.gather import gather, remove_stale
 
     done = gather(args.out, args.experiments or None, repo=args.repo)
@@ -82,6 +86,7 @@ def _tensorboard_gather(args) -> None:
 
 
 def _lr_find(args) -> None:
+    # lazy: each subcommand imports only what it needs, so `cifarlab --help` answers at once
     from cifarlab.lr_find import lr_find
     from cifarlab.params import load_params
 
@@ -98,7 +103,9 @@ def _lr_find(args) -> None:
 
 def version() -> str:
     """The installed package's version (pyproject.toml's), or a note when run from a bare source tree."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
+    # lazy: only --version asks
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     try:
         return dist_version("cifarlab")

@@ -50,7 +50,8 @@ class ResourceError(CifarlabError):
 
 def size_text(nbytes: float) -> str:
     """1536 -> '1.5 KiB': sizes in messages, in binary units."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(nbytes) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
+    return f"{nbytes:.1f} TiB"

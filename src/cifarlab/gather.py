@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from cifarlab.atomic import atomic_dir
 from cifarlab.errors import CifarlabError
@@ -36,7 +37,7 @@ class Entry:
 
 def listed(repo: str = ".") -> list[Entry]:
     """The workspace, baseline(s) and experiments that `dvc exp show` lists, finished ones only."""
-    from dvc.api import exp_show
+    from dvc.api import exp_show  # lazy: dvc is a heavy import, needed only to read the experiments
 
     try:
         rows = exp_show(repo=repo)
@@ -75,7 +76,7 @@ def _unique(entries: list[Entry]) -> list[Entry]:
 
 def _open(entry: Entry, repo: str):
     """DVC's view of the repository at the entry's revision (resolving it now, not lazily)."""
-    from dvc.api import DVCFileSystem
+    from dvc.api import DVCFileSystem  # lazy: dvc is a heavy import, needed only to read the experiments
 
     try:
         fs = DVCFileSystem(repo, rev=entry.rev)

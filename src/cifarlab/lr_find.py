@@ -101,7 +101,9 @@ def sweep(params, *, index: Path, stats: Path, meta: Path, root: Path = Path("."
             break
         avg = SMOOTHING * avg + (1 - SMOOTHING) * value
         smooth = avg / (1 - SMOOTHING ** (step + 1))
-        out.lrs.append(lr), out.losses.append(value), out.smoothed.append(smooth)
+        out.lrs.append(lr)
+        out.losses.append(value)
+        out.smoothed.append(smooth)
         best = min(best, smooth)
         if step > 10 and smooth > DIVERGED * best:
             break
@@ -124,10 +126,10 @@ def suggest(s: Sweep) -> dict:
 
 
 def plot(s: Sweep, result: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: only the plot needs matplotlib, after the sweep
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use(): pyplot takes the backend set when it is imported
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(s.lrs, s.losses, color="0.75", lw=0.8, label="loss per step")

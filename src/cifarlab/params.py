@@ -21,8 +21,10 @@ defaults (`DEFAULT_KWARGS`), so `-S ++optimizer.SGD.nesterov=false` keeps SGD's 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
@@ -122,10 +124,10 @@ class DataParams(_Strict):
 
 class SplitParams(_Strict):
     mode: Literal["ratio", "standard"] = "ratio"
-    train: float = Field(0.8, ge=0, le=1)
-    valid: float = Field(0.1, ge=0, le=1)
-    test: float = Field(0.1, ge=0, le=1)
-    seed: int = Field(0, ge=0, lt=2**32)  # numpy's generators take non-negative seeds
+    train: float = Field(default=0.8, ge=0, le=1)
+    valid: float = Field(default=0.1, ge=0, le=1)
+    test: float = Field(default=0.1, ge=0, le=1)
+    seed: int = Field(default=0, ge=0, lt=2**32)  # numpy's generators take non-negative seeds
 
     @model_validator(mode="after")
     def _ratios(self):
@@ -243,10 +245,10 @@ class ParamGroup(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", validate_default=True)
-    prefix: Optional[str] = Field(None, min_length=1)
+    prefix: Optional[str] = Field(default=None, min_length=1)
     kind: Optional[Literal["bias", "norm"]] = None
-    lr_mult: Optional[float] = Field(None, gt=0)
-    lr: Optional[float] = Field(None, gt=0)
+    lr_mult: Optional[float] = Field(default=None, gt=0)
+    lr: Optional[float] = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _selects_and_one_lr(self):
@@ -270,7 +272,7 @@ class ParamGroup(BaseModel):
 
 class OptimizerParams(_Component):
     name: str = "SGD"
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(default=0.1, gt=0)
     groups: list[ParamGroup] = Field(default_factory=list)
     DEFAULT_KWARGS = {"SGD": {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 0.0005},
                       "Adam": {"weight_decay": 0.0}, "AdamW": {"weight_decay": 0.05}}
@@ -291,16 +293,14 @@ class ClipParams(_Strict):
 
     mode: Literal["none", "norm", "value"] = "none"
     max: Any = 1.0  # checked below, so every bad value gets the same one line
-    norm_type: float = Field(2.0, gt=0)
+    norm_type: float = Field(default=2.0, gt=0)
 
     @field_validator("max")
     @classmethod
     def _positive(cls, v):
-        if isinstance(v, str):
-            try:
-                v = float(v)  # YAML reads 1e-3 (no dot) as text
-            except ValueError:
-                pass
+        if isinstance(v, str):  # YAML reads 1e-3 (no dot) as text
+            with contextlib.suppress(ValueError):
+                v = float(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError("must be a positive number, the largest gradient norm (mode norm) or "
                              "element (mode value) to allow")
@@ -308,18 +308,18 @@ class ClipParams(_Strict):
 
 
 class TrainParams(_Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
     device: str = "auto"
     amp: bool = True
-    nproc: int = Field(1, ge=1)
+    nproc: int = Field(default=1, ge=1)
     compile: bool = False
     histograms: bool = True
     #: per-layer activation std and gradient norm on a fixed validation batch, at step 0 and
     #: after every epoch (TensorBoard `layers/*`, reports/train/layers.csv); never changes the training
     diagnostics: bool = True
     #: train loss and learning rate in TensorBoard every this many steps (`step/*`); 0: off
-    log_every_steps: int = Field(50, ge=0)
+    log_every_steps: int = Field(default=50, ge=0)
     clip: ClipParams = Field(default_factory=ClipParams)
 
     _device = field_validator("device")(lambda cls, v: _check_device(v))
@@ -328,12 +328,12 @@ class TrainParams(_Strict):
 class RuntimeParams(_Strict):
     """How fast, never what: no stage declares this section, so changing it never reruns one."""
 
-    threads: int = Field(0, ge=0)
-    num_workers: int = Field(0, ge=0)
+    threads: int = Field(default=0, ge=0)
+    num_workers: int = Field(default=0, ge=0)
 
 
 class EvaluateParams(_Strict):
-    batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(default=500, ge=1)
 
 
 class VisualizeParams(_Strict):
@@ -341,17 +341,17 @@ class VisualizeParams(_Strict):
     the data, so the stage checks them against the loaded model (cifarlab.viz.layers)."""
 
     device: str = "cpu"
-    batch_size: int = Field(250, ge=1)
+    batch_size: int = Field(default=250, ge=1)
     classes: list[int | str] = Field(default_factory=list)
-    grid_images: int = Field(64, ge=1, le=1024)
-    embedding_images: int = Field(500, ge=1)
-    kernels_layer: str = Field("auto", min_length=1)
-    kernels_channels: int = Field(16, ge=1, le=256)
+    grid_images: int = Field(default=64, ge=1, le=1024)
+    embedding_images: int = Field(default=500, ge=1)
+    kernels_layer: str = Field(default="auto", min_length=1)
+    kernels_channels: int = Field(default=16, ge=1, le=256)
     feature_layers: list[str] | str = "auto"
-    feature_images: int = Field(3, ge=1, le=32)
-    feature_channels: int = Field(8, ge=1, le=64)
-    gradcam_layer: str = Field("auto", min_length=1)
-    gradcam_images: int = Field(8, ge=1, le=64)
+    feature_images: int = Field(default=3, ge=1, le=32)
+    feature_channels: int = Field(default=8, ge=1, le=64)
+    gradcam_layer: str = Field(default="auto", min_length=1)
+    gradcam_images: int = Field(default=8, ge=1, le=64)
 
     _device = field_validator("device")(lambda cls, v: _check_device(v))
 
@@ -367,7 +367,7 @@ class VisualizeParams(_Strict):
 
 class Params(_Strict):
     # below 2**32: per-epoch seeds are derived as seed * 1_000_003 + epoch and must fit torch's int64
-    seed: int = Field(0, ge=0, lt=2**32)
+    seed: int = Field(default=0, ge=0, lt=2**32)
     data: DataParams = Field(default_factory=DataParams)
     fetch: FetchParams = Field(default_factory=FetchParams)
     split: SplitParams = Field(default_factory=SplitParams)
@@ -392,7 +392,7 @@ def _key(loc) -> str:
                     and not (isinstance(p, str) and _UNION_TAG.match(p)))
 
 
-def _format(err: dict, siblings: list[dict] = ()) -> ParamsError:
+def _format(err: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]] = ()) -> ParamsError:
     loc = _key(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     # a value that fits no member of a union: one message per member, all at the same key

@@ -7,13 +7,15 @@ with the training stats, exactly as the evaluate stage feeds the test set.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
 
 from cifarlab.artifact import load_model
+from cifarlab.augment.transforms import build_transform, is_multicrop
 from cifarlab.errors import CifarlabError
 
 
@@ -34,10 +36,6 @@ class Predictor:
     """A loaded model and its transforms: `classify(image)` gives the top-k (class, probability)."""
 
     def __init__(self, model_path: str | Path, top_k: int = 3, device: str = "cpu"):
-        from torchvision.transforms import v2
-
-        from cifarlab.augment.transforms import build_transform, is_multicrop
-
         self.model, meta = load_model(model_path, device)
         self.classes = meta["classes"]
         if not 1 <= top_k <= len(self.classes):

@@ -34,9 +34,10 @@ import importlib.util
 import inspect
 import pkgutil
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cifarlab.errors import RegistrationError
 

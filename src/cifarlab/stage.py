@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
+import io
 import os
 import signal
 import sys
@@ -87,7 +88,8 @@ def stage(func=None, *, resume: str = ""):
     @functools.wraps(func)
     def run(argv=None):
         # progress lines must reach `dvc repro`'s console (and a watching test) as they happen
-        sys.stdout.reconfigure(line_buffering=True)
+        if isinstance(sys.stdout, io.TextIOWrapper):  # it is, unless something replaced it
+            sys.stdout.reconfigure(line_buffering=True)
         start = time.perf_counter()
         name = func.__module__ if func.__module__ != "__main__" else sys.argv[0]
         previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))

@@ -41,8 +41,9 @@ class FocalLoss(nn.Module):
         p_t = torch.exp(-ce)
         # clamped: (1 - p_t) ** gamma has no finite gradient at p_t = 1 for 0 < gamma < 1
         loss = (1 - p_t).clamp_min(1e-12) ** self.gamma * ce
-        if self.alpha is not None:
-            loss = self.alpha[target] * loss
+        alpha = self.alpha
+        if isinstance(alpha, torch.Tensor):  # a buffer: pyright sees Module attributes as Tensor | Module
+            loss = alpha[target] * loss
         return loss.mean() if self.reduction == "mean" else loss.sum()
 
     def extra_repr(self) -> str:

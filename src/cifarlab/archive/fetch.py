@@ -17,20 +17,18 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from cifarlab.archive.reader import SKIP_MD5_HINT, file_md5
 from cifarlab.atomic import atomic_path
 from cifarlab.errors import DataError
-from cifarlab.archive.reader import SKIP_MD5_HINT, file_md5
 
 
 def _download(url: str, dest: Path, progress: bool = True) -> None:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
+    from tqdm import tqdm  # lazy: only a download shows a progress bar
+
     try:
         with urllib.request.urlopen(url, timeout=30) as resp, atomic_path(dest) as tmp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress or tqdm is None)
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress)
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import io
 import pickle
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -63,7 +65,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"{self._source}: the pickle names the global {module}.{name}; a CIFAR batch "
                 "may only reconstruct numpy arrays, so it was not loaded (it could run code)"
             )
-        mod = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+        mod = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
         return {"_reconstruct": mod._reconstruct, "scalar": mod.scalar, "ndarray": np.ndarray,
                 "dtype": np.dtype, "encode": _latin1_encode}[name]
 
@@ -113,6 +115,13 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> None:
     if not (member.isfile() or member.isdir()):
         kind = "link" if (member.issym() or member.islnk()) else "device or special file"
         raise DataError(f"{archive}: refusing tar member {member.name!r}: a {kind} is not allowed")
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:  # a folder under a batch's name (links and devices are refused before)
+        raise DataError(f"{archive}: tar member {member.name!r} is not a file")
+    return f.read()
 
 
 def _check_payload_member(member: tarfile.TarInfo, archive: Path, seen: set[str]) -> None:
@@ -209,11 +218,11 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
                             _check_payload_member(member, archive, seen)
                         if member.name in wanted:
                             # held only by `waiting`, so that no frame keeps it while its batch is used
-                            waiting.append((wanted[member.name], tar.extractfile(member).read()))
+                            waiting.append((wanted[member.name], _read_member(tar, member, archive)))
                             if classes is not None:
                                 yield classes, parse(*waiting.pop(0))
                         elif member.name == f"{ROOT}/{META}":
-                            classes = _class_names(safe_unpickle(tar.extractfile(member).read(),
+                            classes = _class_names(safe_unpickle(_read_member(tar, member, archive),
                                                                  f"{archive}:{META}"), archive)
                             while waiting:
                                 yield classes, parse(*waiting.pop(0))
@@ -246,7 +255,8 @@ def read_archive(archive: str | Path, batches: list[str], md5: Optional[str] = N
     """The whole stream at once: (class names, the requested batches in `batches` order)."""
     got = {}
     classes: list[str] = []
-    for classes, batch in iter_batches(archive, batches, md5):
+    for batch_classes, batch in iter_batches(archive, batches, md5):
+        classes = batch_classes
         got[batch.name] = batch
     return classes, iter([got[b] for b in batches])
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional, cast
 
 import torch
 from torch import nn
@@ -249,6 +250,9 @@ class _ToFloat(_PixelOp):
 
 
 class _Normalize(_PixelOp):
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
@@ -348,7 +352,7 @@ Ops = list[nn.Module]
 Handler = Callable[[dict, Size, str, Optional[dict]], tuple[Ops, Size]]
 
 
-def _random_crop(kw, size, path, stats):
+def _random_crop(kw, size, path, stats) -> tuple[Ops, Size]:
     oh, ow = _size(kw["size"])
     l, t, r, b = _padding(kw["padding"])
     h, w = size
@@ -363,19 +367,19 @@ def _random_crop(kw, size, path, stats):
                     offset=None)], (oh, ow)
 
 
-def _center_crop(kw, size, path, stats):
+def _center_crop(kw, size, path, stats) -> tuple[Ops, Size]:
     oh, ow = _size(kw["size"])
     h, w = size
     # torchvision pads with zeros to the crop size first, then rounds the anchor.
     pl, pt = max(ow - w, 0) // 2, max(oh - h, 0) // 2
     pr, pb = (max(ow - w, 0) + 1) // 2, (max(oh - h, 0) + 1) // 2
-    top = int(round((h + pt + pb - oh) / 2.0))
-    left = int(round((w + pl + pr - ow) / 2.0))
+    top = round((h + pt + pb - oh) / 2.0)
+    left = round((w + pl + pr - ow) / 2.0)
     op = _Window(size, (oh, ow), pad_lt=(pl, pt), pad_rb=(pr, pb), mode="constant", fill=(0.0,), offset=(top, left))
     return [op], (oh, ow)
 
 
-def _pad(kw, size, path, stats):
+def _pad(kw, size, path, stats) -> tuple[Ops, Size]:
     l, t, r, b = _padding(kw["padding"])
     out = (size[0] + t + b, size[1] + l + r)
     return [_Window(size, out, pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]),
@@ -383,7 +387,7 @@ def _pad(kw, size, path, stats):
 
 
 def _flip(axis: int) -> Handler:
-    def handler(kw, size, path, stats):
+    def handler(kw, size, path, stats) -> tuple[Ops, Size]:
         return [_Flip(size, axis, float(kw["p"]))], size
     return handler
 
@@ -396,7 +400,7 @@ def _zero(value: Any) -> bool:
     return all(v == 0 for v in value)
 
 
-def _affine(kw, size, path, stats):
+def _affine(kw, size, path, stats) -> tuple[Ops, Size]:
     reasons = []
     if not _zero(kw["degrees"]):
         reasons.append("rotation")
@@ -411,7 +415,7 @@ def _affine(kw, size, path, stats):
     return [_Translate(size, tuple(kw["translate"]), _fill(kw["fill"]))], size
 
 
-def _erasing(kw, size, path, stats):
+def _erasing(kw, size, path, stats) -> tuple[Ops, Size]:
     value = kw["value"]
     if isinstance(value, str):
         value = None
@@ -422,17 +426,17 @@ def _erasing(kw, size, path, stats):
     return [_Erase(kw["p"], kw["scale"], kw["ratio"], value)], size
 
 
-def _to_dtype(kw, size, path, stats):
+def _to_dtype(kw, size, path, stats) -> tuple[Ops, Size]:
     if kw["dtype"] == torch.float32 and kw.get("scale", True):
         return [_ToFloat()], size
     raise _Uncovered("only float32 with scale=True is covered")
 
 
-def _noop(kw, size, path, stats):
+def _noop(kw, size, path, stats) -> tuple[Ops, Size]:
     return [], size
 
 
-def _to_float(kw, size, path, stats):
+def _to_float(kw, size, path, stats) -> tuple[Ops, Size]:
     return [_ToFloat()], size
 
 
@@ -604,7 +608,7 @@ class _WindowTaker:
                             + torch.arange(self.out_h, device=images.device)[None, :]) * wp).reshape(-1)
 
     @classmethod
-    def for_ops(cls, aug: BatchAugment, images: torch.Tensor) -> Optional["_WindowTaker"]:
+    def for_ops(cls, aug: BatchAugment, images: torch.Tensor) -> Optional[_WindowTaker]:
         """A taker when the list is [window?] [horizontal flips...] [pixel ops...], else None."""
         geo = list(itertools.takewhile(lambda op: isinstance(op, _IndexOp), aug.ops))
         rest = list(aug.ops[len(geo):])
@@ -616,7 +620,7 @@ class _WindowTaker:
             return None
         if not all(isinstance(f, _Flip) and f.axis == 1 for f in flips):
             return None
-        return cls(aug, images, window, flips, rest)
+        return cls(aug, images, window, cast("list[_Flip]", flips), rest)  # all _Flip: checked above
 
     def __call__(self, idx: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         dev = self.rows.device
@@ -643,7 +647,7 @@ def uncovered(entries: list[dict], image_size: Size = (32, 32)) -> list[str]:
     """The entries that keep a list off the fast path, e.g. ['ColorJitter',
     'RandomAffine (rotation; only translations are covered)'], for the fallback's log line."""
     planner = _Planner(stats=None, check_only=True)
-    planner.walk(list(entries), "augment", tuple(image_size))
+    planner.walk(list(entries), "augment", (*image_size,))
     return planner.missing
 
 
@@ -654,9 +658,9 @@ def plan(entries: list[dict], stats: Optional[dict], key: str,
     Entries are validated first exactly as the per-sample path does, so a bad list fails the
     same way whichever path would have run it.
     """
-    T.check_transforms(entries, key, tuple(image_size))
+    T.check_transforms(entries, key, (*image_size,))
     planner = _Planner(stats=stats, check_only=False)
-    ops, out_size = planner.walk(list(entries), key, tuple(image_size))
+    ops, out_size = planner.walk(list(entries), key, (*image_size,))
     if planner.missing:
         return None
-    return BatchAugment(ops, tuple(image_size), out_size)
+    return BatchAugment(ops, (*image_size,), out_size)

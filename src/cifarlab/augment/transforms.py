@@ -24,8 +24,9 @@ from __future__ import annotations
 import enum
 import inspect
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -35,7 +36,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from cifarlab import register
-from cifarlab.errors import ParamsError, RegistrationError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError, RegistrationError
 
 # v2 classes that cannot work on a lone image: they need labels, boxes, key points or a batch.
 # Rejected with the reason instead of failing on the first image, deep in a DataLoader worker.
@@ -445,7 +446,7 @@ def check_transforms(entries: list[dict], key: str, image_size: tuple[int, int] 
                 ) from None
 
 
-def build_transform(entries: list[dict], key: str, stats: dict | None) -> v2.Transform:
+def build_transform(entries: list[dict], key: str, stats: dict | None) -> v2.Compose:
     """The per-sample pipeline: uint8 image tensor or PIL image -> float32 tensor 0..1.
 
     Output is [3, H, W], or [ncrops, 3, H, W] after FiveCrop/TenCrop (stacked automatically

@@ -10,8 +10,9 @@ augmented in batches on the device.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from PIL import Image

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cifarlab.data.parallel import map_ranges
 from cifarlab.errors import DataError
 
 SIZE = (32, 32)
@@ -54,8 +55,6 @@ def load_rgb32(path: str | Path, where: str = "") -> np.ndarray:
 
 def load_index_images(items, root: str | Path = ".", workers: int = 0) -> np.ndarray:
     """Decode every image of an `Index` (read_index) into one uint8 [N, 3, 32, 32] array, in parallel."""
-    from cifarlab.data.parallel import map_ranges
-
     root = Path(root)
     out = np.empty((len(items), 3, *SIZE), dtype=np.uint8)
 

@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+from cifarlab.atomic import free_space, write_text
 from cifarlab.errors import DataError, ResourceError, size_text
 
 SPLITS = ("train", "valid", "test")
@@ -45,8 +46,6 @@ MANIFEST_LINE = 96
 def require_space(target: str | Path, need_bytes: int, need_files: int, what: str) -> None:
     """Stop before any work when the filesystem that will hold `target` has less free space
     (or fewer free files, where it counts them) than `what` needs; the message says both."""
-    from cifarlab.atomic import free_space
-
     free, files, _ = free_space(Path(target).parent)
     short_bytes = need_bytes > free
     short_files = files is not None and need_files > files
@@ -71,8 +70,6 @@ def write_manifest(tree: str | Path, entries: dict[str, str]) -> None:
     holds every file's content hash, so nothing changes in the tree without it changing,
     and DVC hashes a 10,000-file tree once (as an output) instead of once per dependant.
     """
-    from cifarlab.atomic import write_text
-
     write_text(manifest_path(tree), "".join(f"{md5}  {rel}\n" for rel, md5 in sorted(entries.items())))
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 _TASK: Callable | None = None
 
 
 def _run(bounds):
+    assert _TASK is not None, "map_ranges sets the task before any worker runs"
     return _TASK(*bounds)
 
 

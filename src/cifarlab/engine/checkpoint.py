@@ -23,8 +23,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -91,7 +91,7 @@ def load(path: Path) -> dict:
     try:
         state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as exc:  # the digest matched, so this is a file written by another version
-        raise Damaged(f"torch cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        raise Damaged(f"torch cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     if not isinstance(state, dict) or any(k not in state for k in KEYS):
         raise Damaged("not a training checkpoint (keys missing)")
     return state
@@ -104,12 +104,12 @@ def train_lock(root: Path):
     missing (Windows), returns None and locks nothing.
     """
     try:
-        import fcntl
+        import fcntl  # lazy: POSIX only; on Windows training runs without the lock
     except ImportError:
         return None
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    f = open(root / ".lock", "a+b", buffering=0)  # unbuffered: nothing left to flush at close
+    f = open(root / ".lock", "a+b", buffering=0)  # noqa: SIM115 - held open: the lock lasts as long as the file; unbuffered: nothing left to flush at close
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -19,7 +19,7 @@ import contextlib
 import csv
 import io
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

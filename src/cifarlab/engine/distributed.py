@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.distributed as td
 
+from cifarlab.engine.loop import Dist
 from cifarlab.errors import CifarlabError
 from cifarlab.params import Params
-from cifarlab.engine.loop import Dist
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:

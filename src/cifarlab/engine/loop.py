@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Sized
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Optional, cast
 
 import torch
 from torch import nn
 
-from cifarlab.errors import CifarlabError
 from cifarlab.engine.device import Runtime
+from cifarlab.errors import CifarlabError
 
 
 class NonFiniteLoss(CifarlabError):
@@ -124,15 +125,19 @@ class LoaderSource:
     rank: int = 0
     world: int = 1
 
+    @property
+    def samples(self) -> int:
+        return len(cast(Sized, self.dataset))  # the datasets here are map-style, with __len__
+
     def __len__(self) -> int:
-        n = math.ceil(len(self.dataset) / self.world) if self.shuffle else len(self.dataset)
+        n = math.ceil(self.samples / self.world) if self.shuffle else self.samples
         return math.ceil(n / self.batch_size)
 
     def batches(self, epoch: int):
         if self.shuffle:
-            sampler = epoch_permutation(len(self.dataset), self.seed, epoch, self.rank, self.world).tolist()
+            sampler = epoch_permutation(self.samples, self.seed, epoch, self.rank, self.world).tolist()
         else:
-            sampler = range(len(self.dataset))
+            sampler = range(self.samples)
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
@@ -172,7 +177,7 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
         if needs_closure:
             captured = {}
 
-            def closure():
+            def closure(x=x, y=y, captured=captured):  # this step's batch, bound here (it runs in this step)
                 optimizer.zero_grad(set_to_none=True)
                 with runtime.autocast():
                     out = model(x)
@@ -235,7 +240,7 @@ def clip_gradients(model: nn.Module, clip) -> torch.Tensor:
         norm = nn.utils.clip_grad_norm_(params, clip.max, norm_type=clip.norm_type)
         bites = norm > clip.max
     else:
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in params if p.grad is not None]  # all of them: params has only those
         norm = nn.utils.get_total_norm(grads, norm_type=clip.norm_type)
         bites = nn.utils.get_total_norm(grads, norm_type=math.inf) > clip.max
         nn.utils.clip_grad_value_(params, clip.max)

@@ -45,6 +45,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from cifarlab.errors import ParamsError
 
@@ -85,7 +86,7 @@ class MemoryEstimate:
         return self.parameters + self.gradients + self.optimizer_state + self.fixed_activations
 
     def total_for(self, batch_size: int) -> int:
-        return int(math.ceil((self.fixed + self.per_sample_activations * batch_size) * self.safety)) + self.runtime
+        return math.ceil((self.fixed + self.per_sample_activations * batch_size) * self.safety) + self.runtime
 
     @property
     def total(self) -> int:
@@ -123,8 +124,6 @@ def _saved_for_backward(model: nn.Module, batch: int, input_shape: tuple[int, ..
     (torch.func.functional_call), so nothing is allocated or computed; on "cpu" the model
     runs for real (the fallback for a model whose forward pass needs real values).
     """
-    from torch.func import functional_call
-
     if device == "meta":
         params = {n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
                   for n, p in model.named_parameters()}
@@ -161,7 +160,7 @@ def _activations(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, i
         try:
             two = _saved_for_backward(model, 2, input_shape, device)
             four = _saved_for_backward(model, 4, input_shape, device)
-        except Exception:  # noqa: BLE001 - a forward pass that needs real values: try for real
+        except Exception:  # a forward pass that needs real values: try for real
             continue
         per_sample = max((four - two) // 2, 0)
         return max(two - 2 * per_sample, 0), per_sample
@@ -222,7 +221,7 @@ def cpu_available_bytes() -> Optional[int]:
         pass
     if available is None:
         with contextlib.suppress(ImportError):
-            import psutil
+            import psutil  # lazy: optional (not a dependency), the fallback when /proc/meminfo is missing
 
             available = int(psutil.virtual_memory().available)
     room = _cgroup_room()
@@ -238,8 +237,8 @@ def available_bytes_on(device: torch.device | str) -> tuple[Optional[int], str]:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free), f"free on {device} (torch.cuda.mem_get_info)"
     if device.type == "mps":
-        mps = getattr(torch, "mps", None)
-        with contextlib.suppress(AttributeError, RuntimeError):
+        with contextlib.suppress(AttributeError, RuntimeError):  # AttributeError: a torch without torch.mps
+            mps = torch.mps
             return (int(mps.recommended_max_memory() - mps.driver_allocated_memory()),
                     "left of MPS's recommended working set")
     where = "MemAvailable in /proc/meminfo" if os.path.exists("/proc/meminfo") else "available system memory"

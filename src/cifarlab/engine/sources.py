@@ -7,9 +7,13 @@ not, said in one log line; the tutorial's per-image PIL path when `augment.backe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from torchvision import tv_tensors
 
+from cifarlab.augment.batch import plan, uncovered
+from cifarlab.augment.transforms import build_transform
 from cifarlab.data.dataset import IndexDataset
 from cifarlab.engine.device import Runtime
 from cifarlab.engine.loop import Dist, LoaderSource, TensorSource
@@ -25,8 +29,6 @@ class MemoryDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i):
-        from torchvision import tv_tensors
-
         return self.transform(tv_tensors.Image(self.images[i])), self.labels[i]
 
 
@@ -35,10 +37,7 @@ def make_source(entries: list, key: str, *, backend: str, images, labels, index:
                 dist: Dist = Dist(), log=print, keep: bool = False):
     """A batch source for `entries` (augment.train or augment.eval) over these images; `keep`:
     hold on to the batches of a source that gives the same ones every epoch (validation)."""
-    from cifarlab.augment.batch import plan, uncovered
-    from cifarlab.augment.transforms import build_transform
-
-    common = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
+    common: dict[str, Any] = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
                   rank=dist.rank if shuffle else 0, world=dist.world if shuffle else 1)
     if backend == "tensor":
         fast = plan(entries, stats, key)

@@ -115,10 +115,10 @@ class TrainLogger:
                 w.add_scalar(f"gradients/{key}", row[key], e)
         if self.histograms:
             for name, p in model.named_parameters():
-                w.add_histogram(f"weights/{name}", p.detach().float().cpu(), e, bins=HISTOGRAM_BINS)
+                w.add_histogram(f"weights/{name}", p.detach().float().cpu(), e, bins=HISTOGRAM_BINS)  # pyright: ignore[reportArgumentType]  # see below
                 if p.grad is not None:
                     w.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), e,
-                                    bins=HISTOGRAM_BINS)
+                                    bins=HISTOGRAM_BINS)  # pyright: ignore[reportArgumentType]  # an int works: bins goes to numpy.histogram
         w.flush()
 
     @_names_its_run
@@ -132,7 +132,7 @@ class TrainLogger:
     @_names_its_run
     def snapshot(self) -> dict[str, bytes]:
         self.writer.flush()
-        for sub in self.writer.all_writers.values():
+        for sub in (self.writer.all_writers or {}).values():  # None only before the first event file
             sub.flush()
         return {p.relative_to(self.logdir).as_posix(): p.read_bytes()
                 for p in self.logdir.rglob("*") if p.is_file()}

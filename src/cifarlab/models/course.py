@@ -13,8 +13,11 @@ shape-preserving, element-wise activation of `torch.nn` that needs no argument.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
+from torch.nn.modules import activation as act
 
 #: torch.nn activations that cannot stand in for ReLU, and why.
 REFUSED_ACTIVATIONS = {
@@ -31,8 +34,6 @@ REFUSED_ACTIVATIONS = {
 
 def activation_names() -> list[str]:
     """The activation names accepted: torch.nn.modules.activation's classes minus the refused."""
-    from torch.nn.modules import activation as act
-
     return sorted(n for n in act.__all__ if isinstance(getattr(act, n), type) and n not in REFUSED_ACTIVATIONS)
 
 
@@ -55,7 +56,7 @@ class ModuleListNet(nn.Module):
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
         sizes = [3 * 32 * 32] + [width] * (depth - 1) + [num_classes]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.acts = nn.ModuleList(globals()["activation"](activation) for _ in range(depth - 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 
 #: The torch.nn.init methods offered, with the weight ranks each can fill (min, max).
 METHODS: dict[str, tuple[int, Optional[int]]] = {
@@ -222,12 +223,12 @@ def layer_type(module: nn.Module) -> Optional[str]:
 def apply_init(model: nn.Module, init) -> list[str]:
     """Initialise `model` in place as model.init says; returns one log line per layer type."""
     plans = plan_all(init)
-    counts = {layer: 0 for layer in plans}
+    counts = dict.fromkeys(plans, 0)
     for module in model.modules():
         layer = layer_type(module)
         p = plans.get(layer) if layer else None
         weight = getattr(module, "weight", None)
-        if p is None or p.method == DEFAULT or not isinstance(weight, torch.Tensor):
+        if layer is None or p is None or p.method == DEFAULT or not isinstance(weight, torch.Tensor):
             continue
         p.fn(weight, **p.kwargs)
         bias = getattr(module, "bias", None)

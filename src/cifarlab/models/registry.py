@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn
 
 from cifarlab import register
-from cifarlab.errors import ParamsError, RegistrationError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError, RegistrationError
 from cifarlab.models import cifar, course, torchvision_adapt, tutorial
 from cifarlab.models.finetune import freeze, load_pretrained
 from cifarlab.models.init import apply_init, check_init

@@ -25,15 +25,16 @@ import functools
 import inspect
 import re
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torchvision.models as tvm
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 
 SIZE = 32
 
@@ -80,7 +81,7 @@ def _new_conv(
     kernel_size: int = 3,
     stride: int = 1,
     padding: int = 1,
-    init: Callable[[torch.Tensor], None] = _kaiming_out,
+    init: Callable[[torch.Tensor], object] = _kaiming_out,  # torch.nn.init's return the tensor
 ) -> nn.Conv2d:
     """A conv with `old`'s channels but a CIFAR-sized kernel, initialised as the family does."""
     conv = nn.Conv2d(
@@ -384,7 +385,7 @@ def _yaml_friendly(p: inspect.Parameter) -> bool:
     return not any(word in text for word in ("Callable", "Module", "Config", "type["))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def accepted(arch: str) -> tuple[str, ...]:
     """The keyword arguments params may give for `arch`, found via inspect.signature.
 

@@ -7,11 +7,13 @@ argument stops before any work, with the key named, e.g. ``optimizer.Adam.betas`
 from __future__ import annotations
 
 import collections.abc as abc
+import contextlib
 import inspect
 import math
 import types
 import typing
-from typing import Any, Callable, Iterable, Literal, Union
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, Union
 
 import torch
 
@@ -111,10 +113,8 @@ def _coerce(value, hint, lenient: bool):
         raise _Mismatch("an integer")
     if hint is float:
         if lenient and isinstance(value, str):  # '1e-3': YAML 1.1 reads it as text
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if _is_number(value) and _finite(value):
             return float(value) if lenient else value
         raise _Mismatch("a finite number")

@@ -41,16 +41,17 @@ torch.nn class's.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cifarlab import register
-from cifarlab.errors import ParamsError, RegistrationError, TORCH_ARGUMENT_ERRORS
-from cifarlab.params import LossParams
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError, RegistrationError
 from cifarlab.optim.kwargs import accepted_kwargs, validate_kwargs
+from cifarlab.params import LossParams
 
 _INPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "logits": lambda x: x,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 from cifarlab.optim.kwargs import validate_kwargs
 from cifarlab.params import OptimizerParams
 
@@ -159,16 +159,16 @@ def check_optimizer(params: OptimizerParams) -> None:
     """
     optimizer, weights = dummy_optimizer(params)
 
-    def closure():
+    def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = sum((w**2).sum() for w in weights)
+        loss = sum(((w**2).sum() for w in weights), torch.zeros(()))  # 0 + ..., as sum() starts
         loss.backward()
         return loss
 
     try:
         for _ in range(2):
             if needs_closure(optimizer):
-                optimizer.step(closure)
+                optimizer.step(closure)  # pyright: ignore[reportCallIssue, reportArgumentType]  # torch annotates () -> float; its optimizers take the loss tensor
             else:
                 closure()
                 optimizer.step()

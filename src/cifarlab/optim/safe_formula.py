@@ -24,7 +24,8 @@ from __future__ import annotations
 import ast
 import math
 import operator
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from cifarlab.errors import ParamsError
 
@@ -190,7 +191,7 @@ def _callee(func: ast.AST) -> str | None:
     return None
 
 
-def _eval(node: ast.AST, env: dict):
+def _eval(node: ast.AST, env: dict) -> Any:
     """Evaluate a node that `_refuse` accepted."""
     if isinstance(node, ast.Constant):
         return node.value
@@ -227,5 +228,8 @@ def _eval(node: ast.AST, env: dict):
         return _eval(node.body, env) if _eval(node.test, env) else _eval(node.orelse, env)
     if isinstance(node, ast.Call):
         args = [_eval(a, env) for a in node.args]
-        return FUNCTIONS[_callee(node.func)](*args)
+        callee = _callee(node.func)
+        if callee is None:  # unreachable after _refuse, as below
+            raise TypeError("cannot evaluate a call of this function")
+        return FUNCTIONS[callee](*args)
     raise TypeError(f"cannot evaluate {type(node).__name__}")  # unreachable after _refuse

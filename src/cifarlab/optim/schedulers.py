@@ -52,6 +52,7 @@ their own ``interval`` (the composite's applies).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -60,11 +61,11 @@ from typing import Any, Optional
 import torch
 from torch.optim import lr_scheduler
 
-from cifarlab.errors import ParamsError, TORCH_ARGUMENT_ERRORS
-from cifarlab.params import OptimizerParams, SchedulerParams
+from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError
 from cifarlab.optim.kwargs import validate_kwargs
 from cifarlab.optim.optimizers import dummy_optimizer
 from cifarlab.optim.safe_formula import Formula, parse_formula
+from cifarlab.params import OptimizerParams, SchedulerParams
 
 NONE = "none"
 EPOCH, BATCH = "epoch", "batch"
@@ -75,10 +76,7 @@ _COMPOSITES = {"SequentialLR", "ChainedScheduler"}
 _FORMULA_ARGS = {"LambdaLR": "lr_lambda", "MultiplicativeLR": "lr_lambda"}
 _FIXED = {"last_epoch": "a resumed run restores the scheduler from its checkpoint"}
 _FIXED_FOR = {
-    "OneCycleLR": {
-        arg: "derived from train.epochs and the batches per epoch"
-        for arg in ("total_steps", "epochs", "steps_per_epoch")
-    },
+    "OneCycleLR": dict.fromkeys(("total_steps", "epochs", "steps_per_epoch"), "derived from train.epochs and the batches per epoch"),
     "CyclicLR": {"scale_fn": "a Python function cannot be written in params.yaml; use mode"},
 }
 _NOT_A_CHILD = {
@@ -131,7 +129,7 @@ class _Spec:
     interval: str = EPOCH
     monitor: Optional[str] = None
     formulas: Optional[list[Formula]] = None  # lr_lambda: one, or one per group
-    children: list["_Spec"] = field(default_factory=list)
+    children: list[_Spec] = field(default_factory=list)
 
 
 def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _Spec:
@@ -147,7 +145,8 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
     if child and name in _NOT_A_CHILD:
         raise ParamsError(name_key, f"{name} cannot be a stage here: {_NOT_A_CHILD[name]}", name)
     given = {**DEFAULTS.get(name, {}), **given}
-    spec = _Spec(name, key, classes[name])
+    cls = classes[name]
+    spec = _Spec(name, key, cls)
     default_interval = BATCH if name in _PER_BATCH else EPOCH
     if "interval" in given and child:
         raise ParamsError(f"{key}.interval", "a stage steps with its composite; set interval there")
@@ -168,7 +167,7 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
         spec.children = _children(given.pop("schedulers", None), f"{key}.schedulers")
     fixed = {**_FIXED, **_FIXED_FOR.get(name, {})}
     supplied = {"T_max", "max_lr", "base_lr", "lr_lambda", "schedulers"}
-    spec.kwargs = validate_kwargs(key, spec.cls, given, skip=("optimizer",), fixed=fixed,
+    spec.kwargs = validate_kwargs(key, cls, given, skip=("optimizer",), fixed=fixed,
                                   supplied=supplied)
     for arg in _POSITIVE:
         if arg in spec.kwargs and spec.kwargs[arg] is not None and spec.kwargs[arg] <= 0:
@@ -216,7 +215,7 @@ def _check_milestones(spec: _Spec, key: str) -> None:
     if milestones is None or len(milestones) != n - 1:
         raise ParamsError(key, f"must list {n - 1} step(s) at which the next of the {n} "
                                "schedulers takes over", milestones)
-    if any(m <= 0 for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
+    if any(m <= 0 for m in milestones) or any(b <= a for a, b in itertools.pairwise(milestones)):
         raise ParamsError(key, "must be positive and increasing", milestones)
 
 
@@ -233,8 +232,7 @@ def _has_momentum(optimizer: torch.optim.Optimizer) -> bool:
     return "betas" in d or bool(d.get("momentum", 0))
 
 
-def _lambdas(spec: _Spec, n_groups: int) -> Any:
-    formulas = spec.formulas
+def _lambdas(spec: _Spec, formulas: list[Formula], n_groups: int) -> Any:
     if len(formulas) not in (1, n_groups):
         raise ParamsError(
             f"{spec.key}.lr_lambda",
@@ -253,6 +251,7 @@ def _lambdas(spec: _Spec, n_groups: int) -> Any:
 
 def _make(spec: _Spec, optimizer, span: int, per_epoch: int, base_lrs: list[float]):
     """Construct `spec` on `optimizer`; `span` steps in its interval's unit."""
+    assert spec.cls is not None, "a parsed scheduler other than none"
     kwargs = dict(spec.kwargs)
     name = spec.name
     if name == "CosineAnnealingLR":
@@ -267,7 +266,7 @@ def _make(spec: _Spec, optimizer, span: int, per_epoch: int, base_lrs: list[floa
     if name in ("OneCycleLR", "CyclicLR"):
         kwargs.setdefault("cycle_momentum", _has_momentum(optimizer))
     if spec.formulas is not None:
-        kwargs[_FORMULA_ARGS[name]] = _lambdas(spec, len(optimizer.param_groups))
+        kwargs[_FORMULA_ARGS[name]] = _lambdas(spec, spec.formulas, len(optimizer.param_groups))
     if name == "SequentialLR":
         bounds = [0, *kwargs["milestones"], span]
         kwargs["schedulers"] = [
@@ -373,7 +372,7 @@ def check_scheduler(params: SchedulerParams, optimizer_params: Optional[Optimize
     """
     spec = _parse_section(params)
     if optimizer_params is None:
-        optimizer_params = OptimizerParams(name="SGD", lr=0.1, SGD={"momentum": 0.9})
+        optimizer_params = OptimizerParams.model_validate({"name": "SGD", "lr": 0.1, "SGD": {"momentum": 0.9}})
     optimizer, _ = dummy_optimizer(optimizer_params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": no training here
@@ -383,7 +382,7 @@ def check_scheduler(params: SchedulerParams, optimizer_params: Optional[Optimize
             _check_lrs(sched, i)
             try:
                 sched.step_batch()
-                sched.step_epoch({m: 1.0 for m in MONITORS})
+                sched.step_epoch(dict.fromkeys(MONITORS, 1.0))
             except ParamsError:
                 raise
             except (*TORCH_ARGUMENT_ERRORS, IndexError) as exc:

@@ -14,10 +14,12 @@ import torch.nn.functional as F
 
 from cifarlab.artifact import load_model
 from cifarlab.atomic import write_json, write_text
+from cifarlab.augment.transforms import is_multicrop
 from cifarlab.data.dataset import load_tensors
-from cifarlab.params import Params
 from cifarlab.engine.device import setup_runtime
+from cifarlab.engine.loop import evaluate
 from cifarlab.engine.sources import make_source
+from cifarlab.params import Params
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -25,7 +27,8 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     return torch.bincount(targets * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> dict:
+def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
+                          ) -> tuple[dict, torch.Tensor]:
     k = len(classes)
     preds = logits.argmax(1)
     cm = confusion_matrix(preds, targets, k).double()
@@ -40,7 +43,7 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
     return {
         "accuracy": round((preds == targets).double().mean().item(), 6),
         "loss": round(F.cross_entropy(logits.double(), targets).item(), 6),
-        "images": int(len(targets)),
+        "images": len(targets),
         "macro": {"precision": round(precision.mean().item(), 6), "recall": round(recall.mean().item(), 6),
                   "f1": round(f1.mean().item(), 6)},
         "per_class": per_class,
@@ -49,9 +52,6 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
 
 def predict_index(model_path: Path, index: Path, params: Params, log=print):
     """Logits and targets of a saved model over an index, with the model's own eval transforms."""
-    from cifarlab.augment.transforms import is_multicrop
-    from cifarlab.engine.loop import evaluate
-
     runtime = setup_runtime(params.train.device, params.train.amp, params.runtime.threads, False)
     model, meta = load_model(model_path, runtime.device)
     runtime.channels_last = bool(meta.get("channels_last"))

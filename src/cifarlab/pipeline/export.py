@@ -22,12 +22,16 @@ graph cannot say; they are refused with one line.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
+from torchvision.transforms import v2
 
 from cifarlab.artifact import load_model
 from cifarlab.atomic import atomic_path, write_text
+from cifarlab.augment.transforms import MULTICROP, build_transform, is_multicrop
 from cifarlab.errors import CifarlabError, DataError
 from cifarlab.params import Params
 
@@ -60,10 +64,6 @@ def graph_transform(meta: dict, source: Path):
     it into a `tv_tensors.Image` and back are left out, since torch.export cannot trace a
     tensor subclass. The arithmetic is the same as the evaluate stage's.
     """
-    from torchvision.transforms import v2
-
-    from cifarlab.augment.transforms import MULTICROP, build_transform, is_multicrop
-
     entries = meta["eval_transforms"]
     if is_multicrop(entries) > 1:
         name = next(n for e in entries if isinstance(e, dict) for n in e if n in MULTICROP)
@@ -88,7 +88,7 @@ def _scrub_source_locations(path: Path) -> None:
     """Drop what the exporter records of where each node came from (stack traces and module
     paths in the nodes' metadata and doc strings): they name this checkout's files, so the same
     model exported in two clones would give two different files, and DVC would see a change."""
-    import onnx
+    import onnx  # lazy: a heavy import that only writing the file needs
 
     def scrub(nodes) -> None:
         for node in nodes:
@@ -107,10 +107,6 @@ def _scrub_source_locations(path: Path) -> None:
 
 def export_onnx(model_path: Path, out: Path, log=print) -> dict:
     """Write `out` (one .onnx file, weights inside); return what the card tells about it."""
-    import warnings
-
-    import numpy as np
-
     model, meta = load_model(model_path, "cpu")
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     wrapper = PixelsToLogits(model, graph_transform(meta, model_path)).eval()
@@ -125,6 +121,7 @@ def export_onnx(model_path: Path, out: Path, log=print) -> dict:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ExportError(f"{model_path}: cannot be exported to ONNX ({meta['name']}, augment.eval "
                           f"{meta['eval_transforms']}): {first}") from None
+    assert program is not None, "dynamo=True returns the ONNXProgram"
     classes = list(meta["classes"])
     mean, std = meta["normalize"].get("mean"), meta["normalize"].get("std")
     program.model.metadata_props.update({
@@ -157,7 +154,7 @@ def export_onnx(model_path: Path, out: Path, log=print) -> dict:
 
 def run_onnx(path: Path, images):
     """Logits of an exported file for uint8 NCHW images, through onnxruntime on the CPU."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: a heavy import that only checking the file needs
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only

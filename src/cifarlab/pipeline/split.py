@@ -15,10 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from cifarlab.atomic import atomic_dir, free_space, on_disk
+from cifarlab.data.layout import (
+    MANIFEST_LINE,
+    SPLITS,
+    from_test_batch,
+    png_number,
+    read_manifest,
+    read_meta,
+    require_space,
+    write_manifest,
+)
 from cifarlab.errors import DataError, ParamsError
-from cifarlab.data.layout import (MANIFEST_LINE, SPLITS, from_test_batch, png_number, read_manifest, read_meta,
-                                  require_space, write_manifest)
-
 
 
 def largest_remainder(n: int, ratios: list[float]) -> list[int]:
@@ -59,7 +66,7 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
         raise ParamsError("split.mode", "standard mode takes test_batch as the test split, "
                           "but data.batches does not list it", mode)
     rng = np.random.default_rng(seed)
-    totals = dict.fromkeys(SPLITS, 0)
+    totals: dict[str, int] = dict.fromkeys(SPLITS, 0)
     md5s = read_manifest(png_dir)
     manifest: dict[str, str] = {}
     per_class = {cls: _class_files(png_dir, cls) for cls in classes}

@@ -34,7 +34,7 @@ def channel_stats(index_path: str | Path, root: str | Path = ".", workers: int =
     s = sum(p[0] for p in parts)
     s2 = sum(p[1] for p in parts)
     n = len(items) * 32 * 32
-    mean = s / n / 255.0
+    mean = np.asarray(s / n / 255.0)  # s: the channels' sums, an array (sum() of none would be 0)
     std = np.sqrt(np.maximum(s2 / n / 255.0**2 - mean**2, 0.0))
     return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
             "images": len(items), "source": Path(index_path).as_posix()}

@@ -14,36 +14,36 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+import torch.nn.init as tinit
 
+from cifarlab.artifact import save_model
 from cifarlab.atomic import atomic_dir, write_json, write_text
+from cifarlab.augment.transforms import check_transforms, is_multicrop
 from cifarlab.data.dataset import load_tensors
 from cifarlab.data.index import read_index
-from cifarlab.data.layout import read_meta
-from cifarlab.data.layout import read_stats
-from cifarlab.errors import CifarlabError, ParamsError
-from cifarlab.params import Params
-from cifarlab.register import code_folders
+from cifarlab.data.layout import read_meta, read_stats
 from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest, train_lock
 from cifarlab.engine.device import setup_runtime
+from cifarlab.engine.diagnostics import LayerDiagnostics, fixed_batch, layers_csv, rng_kept
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
 from cifarlab.engine.loop import Dist, _prepare, evaluate, train_one_epoch
-from cifarlab.engine.sources import make_source
 from cifarlab.engine.memory import check_training_memory
 from cifarlab.engine.progress import epoch_bar
-from cifarlab.engine.diagnostics import LayerDiagnostics, fixed_batch, layers_csv, rng_kept
+from cifarlab.engine.sources import make_source
 from cifarlab.engine.tensorboard import TrainLogger, chain
-from cifarlab.artifact import save_model
-from cifarlab.augment.transforms import check_transforms, is_multicrop
+from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.models.registry import check_model, create_model
 from cifarlab.models.summary import summarize
-from cifarlab.optim.losses import build_loss, check_loss
-from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure
-from cifarlab.optim.schedulers import build_scheduler, check_scheduler
-
+from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
+from cifarlab.optim.losses import build_loss, check_loss, supported_losses, user_losses
+from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure, optimizer_classes
+from cifarlab.optim.schedulers import build_scheduler, check_scheduler, scheduler_classes
+from cifarlab.params import Params
+from cifarlab.register import code_folders
 
 
 @dataclass
@@ -73,13 +73,6 @@ def check_all(params: Params, steps_per_epoch: int = 10) -> None:
 def check_argument_sections(params: Params) -> None:
     """Every `<section>.<Name>: {...}` must name a real component: a misspelt name would
     silently drop its arguments (`optimizer.SDG: {momentum: 0.9}` training SGD without momentum)."""
-    import torch.nn.init as tinit
-
-    from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
-    from cifarlab.optim.losses import supported_losses, user_losses
-    from cifarlab.optim.optimizers import optimizer_classes
-    from cifarlab.optim.schedulers import scheduler_classes
-
     init_names = {n for n in dir(tinit) if n.endswith("_") and not n.startswith("_")}
     init_names |= {n.rstrip("_") for n in init_names}
     sections = [("optimizer", params.optimizer, set(optimizer_classes())),
@@ -197,7 +190,7 @@ def _fit(params: Params, paths: Paths, dist: Dist, log) -> dict:
         if progress.history:  # resumed: the live files show where training stands at once
             write_live(paths, progress, complete=False, device=s.device)
     diag = None
-    if dist.main and params.train.diagnostics:
+    if writer is not None and params.train.diagnostics:  # writer: rank 0's (dist.main)
         with rng_kept(s.runtime.device):
             batch = fixed_batch(s.valid_src)
         diag = LayerDiagnostics(s.model, s.loss_fn, batch, rows=progress.layers)
@@ -206,7 +199,7 @@ def _fit(params: Params, paths: Paths, dist: Dist, log) -> dict:
             progress.layers = diag.rows
     run_epochs(params, s, progress, ckpt=ckpt, writer=writer, paths=paths, dist=dist, log=log, diag=diag)
     result = {"history": progress.history, "best": progress.best}
-    if dist.main:
+    if writer is not None:  # rank 0 (dist.main)
         hp_metrics = write_outputs(params, paths, s, progress)
         writer.finish(params, hp_metrics)
         ckpt.finish()
@@ -258,7 +251,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
     if tp.compile:
-        train_model = torch.compile(train_model)
+        train_model = cast(torch.nn.Module, torch.compile(train_model))  # a Module compiled is an OptimizedModule
     optimizer = build_optimizer(params.optimizer, model)
     fp = fingerprint(training_params(params), tensor_digest(train_x, train_y, valid_x, valid_y)
                      + json.dumps(stats, sort_keys=True) + str(dist.world), code_folders())

@@ -12,11 +12,11 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from cifarlab.atomic import atomic_dir, free_space, on_disk, write_json
-from cifarlab.errors import DataError
 from cifarlab.archive.reader import Batch, iter_batches
+from cifarlab.atomic import atomic_dir, free_space, on_disk, write_json
 from cifarlab.data.layout import BATCH_SIZE, MANIFEST_LINE, batch_offset, png_name, require_space, write_manifest
 from cifarlab.data.parallel import map_ranges
+from cifarlab.errors import DataError
 
 #: the largest PNG of a 32x32 RGB image (noise at compress_level 1: zlib falls back to stored
 #: blocks, 3,104 bytes of rows plus the PNG chunks); real images are about 2.4 KB
@@ -75,14 +75,14 @@ def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: s
             left = len(batch.labels) * (len(batches) - done)
             require_space(out, space_needed(out, left), left + len(classes),
                           f"unpack {left:,} images" + (f" ({len(batches) - done} batches)" if len(batches) > 1 else ""))
-            done += 1
+            done += 1  # noqa: SIM113 - not enumerate(), see above
             if meta["classes"] is None:
                 meta["classes"] = classes
                 for cls in classes:
                     (tmp / cls).mkdir()
             if len(batch.labels) > BATCH_SIZE:
                 raise DataError(f"{archive}:{batch.name}: {len(batch.labels)} images; a CIFAR batch holds at most {BATCH_SIZE}")
-            meta["batches"][batch.name] = {"first": batch_offset(batch.name), "count": int(len(batch.labels)),
+            meta["batches"][batch.name] = {"first": batch_offset(batch.name), "count": len(batch.labels),
                                            "per_class": np.bincount(batch.labels, minlength=len(classes)).tolist()}
             manifest.update(_write_pngs(tmp, classes, batch, progress))
             del batch  # before the next batch is read: one batch in memory at a time

@@ -19,16 +19,17 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
 from torchvision.utils import make_grid
 
 from cifarlab.artifact import load_model
 from cifarlab.atomic import atomic_dir, write_text
 from cifarlab.data.dataset import load_tensors
 from cifarlab.data.layout import read_stats
+from cifarlab.engine.device import pick_device, use_all_cores
 from cifarlab.errors import CifarlabError
 from cifarlab.models.summary import summarize
 from cifarlab.params import Params
-from cifarlab.engine.device import pick_device, use_all_cores
 from cifarlab.viz import cam, figures, hooks, kernels, layers
 from cifarlab.viz.inputs import EvalInputs, train_grid_images
 from cifarlab.viz.predictions import choose, predict
@@ -118,8 +119,6 @@ def _grad_cam_figure(model, plan: Plan, x: torch.Tensor, idx: list[int], *, targ
 
 def _overlay(img: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
     """An image [3, H, W] in 0..1 with a jet-coloured map [H, W] over it."""
-    from matplotlib import colormaps
-
     colour = torch.from_numpy(colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
     return 0.55 * img.float().cpu() + 0.45 * colour
 
@@ -129,6 +128,7 @@ def _confusions(model, inputs: EvalInputs, paths: VizPaths, plan: Plan, *, devic
     """Confusion counts of the train and validation splits (eval transforms), and the evaluate stage's test ones."""
     k = len(classes)
     out = {}
+    assert paths.valid_index is not None, "VizPaths.__post_init__ sets it"
     for split, index in (("train", paths.train_index), ("valid", paths.valid_index)):
         x, y = load_tensors(index, paths.root, k)
         logits, _ = predict(model, inputs, x, head=plan.head, batch_size=batch_size, device=device,

@@ -16,7 +16,8 @@ gradients at each layer's boundaries: the course's other hook kinds, where each 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ def activation_pair(model: nn.Module, conv: str, x: torch.Tensor) -> tuple[torch
     F.relu in forward) has no module to hook: then the conv's output is the map before, and
     ReLU is applied here to give the map after, which the returned text says.
     """
-    kept: dict[str, object] = {}
+    kept: dict[str, Any] = {}  # tensors, and the activation's name
 
     def conv_done(_module, _inputs, output):
         kept.setdefault("conv", output.detach().float())

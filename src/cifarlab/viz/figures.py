@@ -15,10 +15,13 @@ import matplotlib
 
 matplotlib.use("Agg", force=True)  # torch's add_figure imports pyplot: keep it off any display
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from cifarlab.viz.cam import box
 
 DPI = 110
 #: A box is drawn around the largest connected region of a class map above this share of its peak.
@@ -249,10 +252,6 @@ def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[s
              layer: str, *, boxes: bool = True) -> Figure:
     """Each image, then one overlay per column (name, maps [N, H, W], per-image titles); with
     `boxes`, a rectangle around each map's largest region above BOX_FRACTION of its peak."""
-    from matplotlib.patches import Rectangle
-
-    from cifarlab.viz.cam import box
-
     n = images.shape[0]
     cols = 1 + len(columns)
     fig = Figure(figsize=(2.2 * cols, 2.4 * n + 0.8))

@@ -11,7 +11,7 @@ off, so a captured activation is not overwritten by the next ReLU and autograd c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ def no_inplace(model: nn.Module) -> nn.Module:
     """Turn off `inplace` on every module that has it (ReLU(inplace=True) and friends)."""
     for module in model.modules():
         if getattr(module, "inplace", False) is True:
-            module.inplace = False
+            module.inplace = False  # pyright: ignore[reportArgumentType]  # any value goes; torch annotates Tensor | Module
     return model
 
 

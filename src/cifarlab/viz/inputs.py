@@ -11,15 +11,17 @@
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
+from torchvision import tv_tensors
 
 from cifarlab.augment.batch import plan
+from cifarlab.augment.transforms import build_transform, is_multicrop, normalize_args, parse_entry
 from cifarlab.data.images import load_rgb32
 from cifarlab.data.index import read_index
-from cifarlab.augment.transforms import build_transform, is_multicrop, normalize_args, parse_entry
 
 Pipeline = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 
@@ -32,8 +34,6 @@ def pipeline(entries: list, stats: dict, key: str) -> Pipeline:
     per_sample = build_transform(entries, key, stats)
 
     def run(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        from torchvision import tv_tensors
-
         if generator is not None:  # torchvision draws from the global generator
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
         return torch.stack([per_sample(tv_tensors.Image(img)) for img in x])

@@ -13,6 +13,7 @@ Feature maps are drawn the same way: one gray tile per channel, each scaled on i
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torchvision.utils import make_grid
@@ -20,7 +21,8 @@ from torchvision.utils import make_grid
 
 def conv_weight(model: torch.nn.Module, name: str) -> torch.Tensor:
     """The layer's weight as a contiguous float CPU tensor [out, in, kh, kw]."""
-    return model.get_submodule(name).weight.detach().float().cpu().contiguous()
+    weight = cast(torch.Tensor, model.get_submodule(name).weight)  # a conv's: a Parameter
+    return weight.detach().float().cpu().contiguous()
 
 
 def kernel_grid(weight: torch.Tensor, nrow: int = 8, padding: int = 1) -> torch.Tensor:

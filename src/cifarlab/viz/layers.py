@@ -16,8 +16,9 @@ A name the model does not have is one `ParamsError` listing the names that would
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn

@@ -12,8 +12,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from cifarlab.engine.tensorboard import HISTOGRAM_BINS
@@ -43,9 +45,6 @@ class VisualizeLogger:
 
     def png(self, tag: str, path: Path) -> None:
         """A picture already rendered to a PNG file, logged as it is (no second matplotlib pass)."""
-        import numpy as np
-        from PIL import Image
-
         with Image.open(path) as im:
             self.writer.add_image(tag, np.asarray(im.convert("RGB")), self.step, dataformats="HWC")
 
@@ -59,7 +58,7 @@ class VisualizeLogger:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated")
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # pyright: ignore[reportPrivateImportUsage]  # public, not in torch.jit's __all__
                 self.writer.add_graph(model, example)
             return None
         except Exception as exc:  # the tracer raises several types, all meaning "no graph"
@@ -86,7 +85,7 @@ class VisualizeLogger:
 
     def histograms(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
         for name, t in tensors.items():
-            self.writer.add_histogram(f"{prefix}/{name}", t.detach().float().cpu(), self.step, bins=HISTOGRAM_BINS)
+            self.writer.add_histogram(f"{prefix}/{name}", t.detach().float().cpu(), self.step, bins=HISTOGRAM_BINS)  # pyright: ignore[reportArgumentType]  # an int works: bins goes to numpy.histogram
 
     def close(self) -> None:
         self.writer.flush()
