@@ -104,8 +104,10 @@ class TensorSource:
         g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
         # a whole number of batches per chunk, so batch boundaries do not depend on the chunk
         per_chunk = self.batch_size * max(1, self.chunk // self.batch_size)
+        # AlternatingHorizontalFlip reads each image's index, the epoch and the seed
+        where = {"epoch": epoch, "seed": self.seed} if getattr(self.augment, "indexed", False) else {}
         for idx in order.split(per_chunk):
-            xs, ys = self.take(idx, g), self.labels[idx]
+            xs, ys = self.take(idx, g, **where), self.labels[idx]
             if self.channels_last and xs.dim() == 4:
                 xs = xs.contiguous(memory_format=torch.channels_last)
             yield from zip(xs.split(self.batch_size), ys.split(self.batch_size))

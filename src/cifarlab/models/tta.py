@@ -1,0 +1,44 @@
+"""evaluate.tta: test-time augmentation, the logits of several views of each image averaged.
+
+* `flip`: the image and its mirror, weights 1/2 each;
+* `flip_translate`: airbench94's (Keller Jordan, 2024; issue 22): the image and its mirror
+  (1/2 together), and the same pair translated by one pixel up-left and one pixel down-right
+  with reflection at the borders (1/4 each pair).
+
+It costs 2 (flip) or 6 (flip_translate) forward passes per image, at evaluation only; the
+model's weights are untouched, and `none` runs the model as is.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ("none", "flip", "flip_translate")
+
+
+class TTA(nn.Module):
+    """`model` under test-time augmentation `mode` (one of MODES but none)."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        if mode not in MODES[1:]:
+            raise ValueError(f"mode must be one of {', '.join(MODES[1:])}, got {mode!r}")
+        self.model, self.mode = model, mode
+
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.model(x).float() + self.model(x.flip(-1)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._mirrored(x)
+        if self.mode == "flip":
+            return out
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
+        return 0.5 * out + 0.25 * (self._mirrored(up_left) + self._mirrored(down_right))
+
+
+def with_tta(model: nn.Module, mode: str) -> nn.Module:
+    """The model itself for `none`, else wrapped."""
+    return model if mode == "none" else TTA(model, mode).eval()
