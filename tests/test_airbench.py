@@ -22,7 +22,7 @@ from cifarlab.augment.batch import BatchAugment, plan
 from cifarlab.augment.transforms import build_transform, check_transforms
 from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model, check_model
-from cifarlab.models.tta import TTA, with_tta
+from cifarlab.engine.loop import TTA, with_tta
 from cifarlab.models.whiten import apply_whitening, first_conv, patches, set_bias_epoch
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer
 from cifarlab.params import EmaParams, parse_params

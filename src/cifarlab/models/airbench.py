@@ -64,7 +64,7 @@ class Airbench(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] | list[int] = (64, 256, 256),
-                 whiten_width: int = 24, logit_scale: float = 1 / 9, bn_momentum: float = 0.4,
+                 whiten_width: int = 24, logit_scale: float = 1 / 9, *, bn_momentum: float = 0.4,
                  norm_weight: bool = False):
         super().__init__()
         widths = list(widths) if isinstance(widths, (list, tuple)) else widths

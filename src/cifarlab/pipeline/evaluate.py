@@ -18,7 +18,6 @@ from cifarlab.data.dataset import load_tensors
 from cifarlab.params import Params
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.sources import make_source
-from cifarlab.models.tta import with_tta
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -62,8 +61,8 @@ def predict_index(model_path: Path, index: Path, params: Params, log=print):
                          seed=params.seed, shuffle=False, num_workers=params.runtime.num_workers, log=log)
     if params.evaluate.tta != "none":
         log(f"evaluate: test-time augmentation {params.evaluate.tta} (logits averaged over its views)")
-    out = evaluate(with_tta(model, params.evaluate.tta), None, source, runtime,
-                   ncrops=is_multicrop(meta["eval_transforms"]), keep_outputs=True)
+    out = evaluate(model, None, source, runtime, ncrops=is_multicrop(meta["eval_transforms"]), keep_outputs=True,
+                   tta=params.evaluate.tta)
     return out["logits"], out["targets"], meta
 
 

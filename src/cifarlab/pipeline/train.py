@@ -264,7 +264,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
     valid_src = make_source(params.augment.eval, "augment.eval", images=valid_x, labels=valid_y,
                             index=paths.valid_index, batch_size=max(tp.batch_size, 256), shuffle=False,
                             keep=True, **common)
-    whiten_bias = whiten_model(params, model, train_x, train_y, common, log) if params.model.whiten.enabled else None
+    whiten_bias = whiten_model(params, model, train_x, train_y, common, log=log) if params.model.whiten.enabled else None
     ncrops = is_multicrop(params.augment.eval)
     probe_shapes(model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)])
     train_model = model
@@ -286,7 +286,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
                  average=make_average(model, tp.ema, len(train_src)))
 
 
-def whiten_model(params: Params, model, train_x, train_y, common: dict, log):
+def whiten_model(params: Params, model, train_x, train_y, common: dict, *, log):
     """model.whiten: the first conv set to whiten the first training images' patches, as the net
     sees them (augment.eval applied); returns the conv's bias, trained for bias_epochs."""
     wp = params.model.whiten
