@@ -104,13 +104,13 @@ LAMBDAS: dict[str, Callable[[], v2.Transform]] = {
 
 def transform_names() -> list[str]:
     """Every name an entry may use: the v2 Transform classes that work on a lone image."""
-    return sorted([
+    return sorted(
         name
         for name in dir(v2)
         if isinstance(getattr(v2, name), type)
         and issubclass(getattr(v2, name), v2.Transform)
         and name not in NOT_PER_IMAGE
-    ] + [ALTERNATING_FLIP])
+    )
 
 
 def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
@@ -125,7 +125,7 @@ def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
         raise ParamsError(path, f"{name} cannot be used here: {NOT_PER_IMAGE[name]}", name)
     cls = getattr(v2, str(name), None)
     if name != ALTERNATING_FLIP and not (isinstance(cls, type) and issubclass(cls, v2.Transform)):
-        raise ParamsError(path, "unknown transform", name, transform_names())
+        raise ParamsError(path, "unknown transform", name, transform_names() + [ALTERNATING_FLIP])
     if kwargs is None:
         kwargs = {}
     if not isinstance(kwargs, dict):
