@@ -396,8 +396,9 @@ def test_dvc_exp_run_switches_the_record_techniques_on_together(tmp_path):
     sets = ["model.name=cifarlab.airbench", "++model.cifarlab.airbench.widths=[8,16,16]",
             "++model.whiten.enabled=true", "++optimizer.decouple_weight_decay=true",
             "++optimizer.groups=[{kind: norm_bias, lr_mult: 8}]", "++train.ema.decay=0.8",
-            "++train.ema.lookahead=true", "augment.train.1={AlternatingHorizontalFlip: {}}",
-            "++augment.train.0.RandomCrop.padding_mode=reflect", "++evaluate.tta=flip_translate"]
+            "++train.ema.lookahead=true", "++evaluate.tta=flip_translate",
+            "augment.train=[{RandomCrop: {size: 32, padding: 2, padding_mode: reflect}}, "
+            "{AlternatingHorizontalFlip: {}}, {Normalize: {}}]"]
     res = proj.dvc("exp", "run", "evaluate", *[a for s in sets for a in ("-S", s)])
     assert {"train", "evaluate"} <= set(proj.ran(res))
     written = yaml.safe_load((proj.path / "params.yaml").read_text())
