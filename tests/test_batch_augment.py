@@ -311,10 +311,14 @@ ROUTED = [
     [{"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}, {"RandomErasing": {"p": 0.7}}],
     [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomErasing": {"p": 1.0, "value": "random"}},
      {"Normalize": {}}],
+    # any padding mode: the images are padded once by the mode's own index maps
+    [{"RandomCrop": {"size": 32, "padding": 4, "padding_mode": "reflect"}}],
+    [{"RandomCrop": {"size": 32, "padding": [2, 1, 3, 2], "padding_mode": "edge"}},
+     {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}],
+    [{"Pad": {"padding": 3, "padding_mode": "symmetric"}}, {"RandomHorizontalFlip": {"p": 0.5}}],
 ]
 GENERAL = [
     [{"Normalize": {}}],  # no geometry: nothing to precompute
-    [{"RandomCrop": {"size": 32, "padding": 4, "padding_mode": "reflect"}}],
     [{"RandomHorizontalFlip": {"p": 0.5}}, {"RandomCrop": {"size": 32, "padding": 4}}],
     [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomVerticalFlip": {"p": 0.5}}],
     [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1]}}],

@@ -46,6 +46,7 @@ def _train_step(model: nn.Module, channels_last: bool = False) -> torch.Tensor:
 
 def test_local_names_are_the_specified_ones():
     assert set(LOCAL) == {
+        "cifarlab.airbench",  # issue 22
         "cifarlab.resnet8",
         "cifarlab.resnet34",
         "tutorial.net",

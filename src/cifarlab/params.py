@@ -173,6 +173,18 @@ class InitParams(_Strict):
 MODEL_SOURCES = ("cifarlab", "tutorial", "torchvision", "user")
 
 
+class WhitenParams(_Strict):
+    """model.whiten: the first conv initialized from the training images' patch whitening
+    (airbench94, issue 22); its weight is frozen, its bias trained for `bias_epochs` epochs."""
+
+    enabled: bool = False
+    eps: float = Field(default=5e-4, gt=0)
+    #: epochs the first conv's bias trains before it is frozen too; null: it trains throughout
+    bias_epochs: Optional[int] = Field(default=3, ge=0)
+    #: training images the patch covariance is estimated from (the first ones of train.txt)
+    images: int = Field(default=5000, ge=1)
+
+
 class ModelParams(_Strict):
     model_config = ConfigDict(extra="allow", validate_default=True)
     name: str = "cifarlab.resnet8"
@@ -180,6 +192,7 @@ class ModelParams(_Strict):
     freeze: list[str] = Field(default_factory=list)
     channels_last: bool = True
     init: InitParams = Field(default_factory=InitParams)
+    whiten: WhitenParams = Field(default_factory=WhitenParams)
     # model.<source>.<arch>: that model's keyword arguments (a mapping, or null for none);
     # declared fields, so a wrong type is reported at its own key (model.tutorial.resnet34)
     cifarlab: dict[str, Optional[dict[str, Any]]] = Field(default_factory=lambda: {"resnet8": {"width": 32}})
@@ -246,7 +259,7 @@ class ParamGroup(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_default=True)
     prefix: Optional[str] = Field(default=None, min_length=1)
-    kind: Optional[Literal["bias", "norm"]] = None
+    kind: Optional[Literal["bias", "norm", "norm_bias", "norm_weight"]] = None
     lr_mult: Optional[float] = Field(default=None, gt=0)
     lr: Optional[float] = Field(default=None, gt=0)
 
@@ -254,7 +267,7 @@ class ParamGroup(BaseModel):
     def _selects_and_one_lr(self):
         if self.prefix is None and self.kind is None:
             raise ValueError("a group needs a prefix (a module path like fc3), a kind "
-                             "(bias or norm), or both")
+                             "(bias, norm, norm_bias or norm_weight), or both")
         if self.lr is not None and self.lr_mult is not None:
             raise ValueError("give lr (the group's own) or lr_mult (times optimizer.lr), not both")
         return self
@@ -274,6 +287,9 @@ class OptimizerParams(_Component):
     name: str = "SGD"
     lr: float = Field(default=0.1, gt=0)
     groups: list[ParamGroup] = Field(default_factory=list)
+    #: true: every weight_decay (optimizer.<Name> and each group's) is the fraction the weights
+    #: shrink by per step at the group's base lr; torch is given weight_decay / lr (issue 22)
+    decouple_weight_decay: bool = False
     DEFAULT_KWARGS = {"SGD": {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 0.0005},
                       "Adam": {"weight_decay": 0.0}, "AdamW": {"weight_decay": 0.05}}
 
@@ -307,6 +323,22 @@ class ClipParams(_Strict):
         return float(v)
 
 
+class EmaParams(_Strict):
+    """train.ema: an exponential moving average of the weights (torch.optim.swa_utils), which
+    validation and the saved model use; with lookahead, the average is copied back into the
+    trained weights at each update (hlb-cifar10 / airbench94's lookahead, issue 22)."""
+
+    #: weight of the old average at each update; 0 or null: off
+    decay: Optional[float] = Field(default=None, ge=0, lt=1)
+    every: int = Field(default=5, ge=1)  # optimizer steps between updates
+    start_epoch: int = Field(default=0, ge=0)  # updates begin with this epoch (0: the first)
+    lookahead: bool = False
+
+    @property
+    def on(self) -> bool:
+        return bool(self.decay)
+
+
 class TrainParams(_Strict):
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
@@ -321,6 +353,7 @@ class TrainParams(_Strict):
     #: train loss and learning rate in TensorBoard every this many steps (`step/*`); 0: off
     log_every_steps: int = Field(default=50, ge=0)
     clip: ClipParams = Field(default_factory=ClipParams)
+    ema: EmaParams = Field(default_factory=EmaParams)
 
     _device = field_validator("device")(lambda cls, v: _check_device(v))
 
@@ -334,6 +367,9 @@ class RuntimeParams(_Strict):
 
 class EvaluateParams(_Strict):
     batch_size: int = Field(default=500, ge=1)
+    #: test-time augmentation, logits averaged: flip (image and mirror), flip_translate (also
+    #: one-pixel translations with reflection, airbench94's weights 0.5, 0.25, 0.25); issue 22
+    tta: Literal["none", "flip", "flip_translate"] = "none"
 
 
 class VisualizeParams(_Strict):

@@ -46,10 +46,15 @@ class _Draw:
     parameter tensors move, except RandomErasing's 'random' noise.
     """
 
-    def __init__(self, generator: Optional[torch.Generator], device: torch.device):
+    def __init__(self, generator: Optional[torch.Generator], device: torch.device, *,
+                 index: Optional[torch.Tensor] = None, epoch: int = 0, seed: int = 0):
         self.generator = generator
         self.source = generator.device if generator is not None else device
         self.device = device
+        # where the batch comes from, for ops that depend on it (AlternatingHorizontalFlip):
+        # each sample's index in the whole image set, the epoch and the run's seed
+        self.index = None if index is None else index.to(device)
+        self.epoch, self.seed = epoch, seed
 
     def rand(self, *shape: int) -> torch.Tensor:
         out = torch.rand(shape, generator=self.generator, device=self.source)
@@ -181,6 +186,36 @@ class _Flip(_IndexOp):
 
     def extra_repr(self):
         return f"axis={'rows' if self.axis == 0 else 'cols'}, p={self.p}"
+
+
+def _first_coins(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed fair coin per (image index, seed): a 32-bit integer hash (lowbias32), no state,
+    so any subset of the images in any order gets the same coins on any device."""
+    x = (index.long() * 0x9E3779B1 + (seed % 2**31) * 0x85EBCA6B + 0x165667B1) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF  # the low 32 bits of the product are exact even if int64 wraps
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    return (x >> 31).bool()
+
+
+class _AlternatingFlip(_Flip):
+    """AlternatingHorizontalFlip (airbench94, issue 22): image i is mirrored in epoch e iff
+    coin(i) XOR (e is odd), coin(i) a fixed fair coin of the image and the seed; so each image
+    is seen both ways in every two epochs, instead of by chance. Without indices (a lone batch,
+    as the visualize stage's grid draws one) it flips like RandomHorizontalFlip(p=0.5)."""
+
+    def __init__(self, size: Size):
+        super().__init__(size, 1, 0.5)
+
+    def coins(self, b: int, draw: _Draw) -> torch.Tensor:
+        if draw.index is None:
+            return super().coins(b, draw)
+        return _first_coins(draw.index, draw.seed) ^ (draw.epoch % 2 == 1)
+
+    def extra_repr(self):
+        return "alternating by epoch"
 
 
 class _Translate(_IndexOp):
@@ -458,7 +493,7 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 #: Names the fast path covers (RandomAffine: translations only; ToDtype: float32 scaled).
-COVERED = tuple(sorted([*_HANDLERS, "Normalize", "ToTensor", "Lambda(fn=identity)", "Compose"]))
+COVERED = tuple(sorted([*_HANDLERS, "Normalize", "ToTensor", "Lambda(fn=identity)", "Compose", "AlternatingHorizontalFlip"]))
 
 
 class _Planner:
@@ -481,6 +516,8 @@ class _Planner:
         return ops, size
 
     def one(self, name: str, kwargs: dict, path: str, size: Size) -> tuple[Ops, Size]:
+        if name == T.ALTERNATING_FLIP:  # cifarlab's own, checked by check_transforms
+            return [_AlternatingFlip(size)], size
         if name == "Normalize":
             mean, std = T.normalize_args(kwargs, self.stats, path, check_only=self.check_only)
             return [_Normalize(mean, std)], size
@@ -510,9 +547,18 @@ class BatchAugment(nn.Module):
         self.ops = nn.ModuleList(ops)
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, *,
+                index: Optional[torch.Tensor] = None, epoch: int = 0, seed: int = 0) -> torch.Tensor:
+        """`index` (each sample's index in the image set), `epoch` and `seed` matter only to
+        AlternatingHorizontalFlip (see `indexed`)."""
         self._check(x)
-        return self._run(x, self.ops, _Draw(generator, x.device), _is_channels_last(x))
+        draw = _Draw(generator, x.device, index=index, epoch=epoch, seed=seed)
+        return self._run(x, self.ops, draw, _is_channels_last(x))
+
+    @property
+    def indexed(self) -> bool:
+        """Whether an op depends on the samples' indices and the epoch (AlternatingHorizontalFlip)."""
+        return any(isinstance(op, _AlternatingFlip) for op in self.ops)
 
     @property
     def random(self) -> bool:
@@ -524,8 +570,8 @@ class BatchAugment(nn.Module):
     def bind(self, images: torch.Tensor) -> Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]:
         """`take(idx, generator)`: the same batch as `self(images[idx], generator)`, bit for bit.
 
-        Lists that start with a constant-fill window (RandomCrop with or without padding, Pad,
-        CenterCrop) and horizontal flips get `_WindowTaker`, which pads the images once so that
+        Lists that start with a window (RandomCrop with or without padding, in any padding mode,
+        Pad, CenterCrop) and horizontal flips get `_WindowTaker`, which pads the images once so that
         each call copies whole output rows instead of building a per-pixel index: about 3x less
         work a chunk, which at the tutorial's batch of 16 is 5 to 10% of a training run.
         """
@@ -533,7 +579,7 @@ class BatchAugment(nn.Module):
         taker = _WindowTaker.for_ops(self, images)
         if taker is not None:
             return taker
-        return lambda idx, generator=None: self(images[idx], generator)
+        return lambda idx, generator=None, **where: self(images[idx], generator, index=idx, **where)
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.dtype != torch.uint8 or tuple(x.shape[-2:]) != self.in_size:
@@ -575,7 +621,7 @@ def _is_channels_last(x: torch.Tensor) -> bool:
 class _WindowTaker:
     """A window-and-flips list over a fixed set of images, one index_select a batch.
 
-    The images are padded once with the window's fill (and kept mirrored too when the list
+    The images are padded once with the window's fill or padding mode (and kept mirrored too when the list
     flips them: a crop of a mirrored image is the mirror of the crop at left' = W' - w - left),
     so every output row of every channel is a contiguous run of the padded tensor: one
     index_select of [B * C * h] rows, instead of the general path's per-pixel index over
@@ -593,10 +639,16 @@ class _WindowTaker:
         pt, pb, pl, pr = (window.pad_t, window.pad_b, window.pad_l, window.pad_r) if window else (0, 0, 0, 0)
         hp, wp = h + pt + pb, w + pl + pr
         padded = torch.empty((n * (2 if flips else 1), c, hp, wp), dtype=torch.uint8, device=images.device)
-        if window is not None and window.fill is not None and (pt or pb or pl or pr):
-            value = torch.tensor(window.fill, dtype=torch.float64).to(torch.uint8).to(images.device)
-            padded[:n] = value.reshape(1, -1, 1, 1)
-        padded[:n, :, pt:pt + h, pl:pl + w] = images
+        if window is not None and window.mode != "constant":  # reflect, edge, symmetric: by their maps
+            dev = images.device
+            rows = _fold(torch.arange(hp, device=dev) - pt, h, window.mode)
+            cols = _fold(torch.arange(wp, device=dev) - pl, w, window.mode)
+            padded[:n] = images.index_select(2, rows).index_select(3, cols)
+        else:
+            if window is not None and window.fill is not None and (pt or pb or pl or pr):
+                value = torch.tensor(window.fill, dtype=torch.float64).to(torch.uint8).to(images.device)
+                padded[:n] = value.reshape(1, -1, 1, 1)
+            padded[:n, :, pt:pt + h, pl:pl + w] = images
         if flips:
             padded[n:] = padded[:n].flip(3)
         self.n, self.c, self.hp, self.wp = n, c, hp, wp
@@ -616,17 +668,16 @@ class _WindowTaker:
         flips = geo[1:] if window is not None else geo
         if not geo or any(isinstance(op, _IndexOp) for op in rest):
             return None
-        if window is not None and window.mode != "constant":
-            return None
         if not all(isinstance(f, _Flip) and f.axis == 1 for f in flips):
             return None
         return cls(aug, images, window, cast("list[_Flip]", flips), rest)  # all _Flip: checked above
 
-    def __call__(self, idx: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, generator: Optional[torch.Generator] = None, *, epoch: int = 0,
+                 seed: int = 0) -> torch.Tensor:
         dev = self.rows.device
         idx = idx.to(dev)
         b = len(idx)
-        draw = _Draw(generator, dev)
+        draw = _Draw(generator, dev, index=idx, epoch=epoch, seed=seed)
         top, left = self.window.starts(b, draw) if self.window is not None else (0, 0)
         left = torch.as_tensor(left, device=dev).expand(b)
         top = torch.as_tensor(top, device=dev).expand(b)

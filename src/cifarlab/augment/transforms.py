@@ -72,6 +72,10 @@ ENUM_ARGS: dict[str, type[enum.Enum]] = {
     "policy": v2.AutoAugmentPolicy,
 }
 
+#: cifarlab's own entry (issue 22): horizontal flips that alternate between epochs. It needs
+#: each image's index and the epoch, so only the batch path (augment/batch.py) runs it.
+ALTERNATING_FLIP = "AlternatingHorizontalFlip"
+
 DTYPES = ("float32", "float64", "float16", "bfloat16", "uint8", "int8", "int16", "int32", "int64")
 
 
@@ -140,8 +144,8 @@ def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
         raise ParamsError(path, f"{name} cannot be used here: {NOT_PER_IMAGE[name]}", name)
     cls = getattr(v2, str(name), None)
     user = user_transforms()
-    if not (isinstance(cls, type) and issubclass(cls, v2.Transform)) and name not in user:
-        raise ParamsError(path, "unknown transform", name, transform_names() + sorted(user))
+    if name != ALTERNATING_FLIP and not (isinstance(cls, type) and issubclass(cls, v2.Transform)) and name not in user:
+        raise ParamsError(path, "unknown transform", name, transform_names() + [ALTERNATING_FLIP] + sorted(user))
     if kwargs is None:
         kwargs = {}
     if not isinstance(kwargs, dict):
@@ -398,6 +402,19 @@ class _Compiler:
         _check_kwargs("LinearTransformation", kwargs, path, accepted=["file"], required=["file"])
         matrix, mean = load_linear(kwargs["file"], path)
         return [_construct("LinearTransformation", path, matrix, mean)], "float"
+
+    def _build_AlternatingHorizontalFlip(self, kwargs, path, state):
+        """Checked here (no arguments, training lists only); run only by the batch path."""
+        for arg in kwargs:
+            raise ParamsError(f"{path}.{ALTERNATING_FLIP}.{arg}", "unknown argument (it takes none)", arg)
+        if path.startswith("augment.eval"):
+            raise ParamsError(f"{path}.{ALTERNATING_FLIP}", "is a training augmentation (it alternates "
+                              "between epochs); evaluation lists cannot use it")
+        if not self.check_only:
+            raise ParamsError(f"{path}.{ALTERNATING_FLIP}", "runs only on the batch path (it needs each "
+                              "image's index and the epoch): use augment.backend: tensor and only entries the "
+                              "batch path covers (docs/params/augment.md)")
+        return [], state
 
     def _build_Lambda(self, kwargs, path, state):
         _check_kwargs("Lambda", kwargs, path, accepted=["fn"], required=["fn"])

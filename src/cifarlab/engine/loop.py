@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cifarlab.engine.device import Runtime
@@ -105,8 +106,10 @@ class TensorSource:
         g = torch.Generator(device=self.images.device).manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
         # a whole number of batches per chunk, so batch boundaries do not depend on the chunk
         per_chunk = self.batch_size * max(1, self.chunk // self.batch_size)
+        # AlternatingHorizontalFlip reads each image's index, the epoch and the seed
+        where = {"epoch": epoch, "seed": self.seed} if getattr(self.augment, "indexed", False) else {}
         for idx in order.split(per_chunk):
-            xs, ys = self.take(idx, g), self.labels[idx]
+            xs, ys = self.take(idx, g, **where), self.labels[idx]
             if self.channels_last and xs.dim() == 4:
                 xs = xs.contiguous(memory_format=torch.channels_last)
             yield from zip(xs.split(self.batch_size), ys.split(self.batch_size))
@@ -258,10 +261,47 @@ def _norm_summary(norms: list[torch.Tensor]) -> dict:
             "clipped": rows[:, 1].mean().item()}
 
 
+#: evaluate.tta: test-time augmentation, the logits of several views of each image averaged.
+#: `flip`: the image and its mirror, 1/2 each; `flip_translate`: airbench94's (Keller Jordan,
+#: 2024; issue 22): the image and its mirror (1/2 together) and the same pair shifted one pixel
+#: up-left and one pixel down-right with reflection at the borders (1/4 each pair). 2 or 6
+#: forward passes per image, at evaluation only; `none` runs the model as it is.
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+class TTA(nn.Module):
+    """`model` under test-time augmentation `mode` (one of TTA_MODES but none)."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        if mode not in TTA_MODES[1:]:
+            raise ValueError(f"mode must be one of {', '.join(TTA_MODES[1:])}, got {mode!r}")
+        self.model, self.mode = model, mode
+
+    def _mirrored(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.model(x).float() + self.model(x.flip(-1)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._mirrored(x)
+        if self.mode == "flip":
+            return out
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        up_left, down_right = padded[..., :h, :w], padded[..., 2:, 2:]
+        return 0.5 * out + 0.25 * (self._mirrored(up_left) + self._mirrored(down_right))
+
+
+def with_tta(model: nn.Module, mode: str) -> nn.Module:
+    """The model itself for `none`, else wrapped."""
+    return model if mode == "none" else TTA(model, mode).eval()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: Optional[nn.Module], source, runtime: Runtime, *, ncrops: int = 1,
-             keep_outputs: bool = False) -> dict:
-    """Loss and accuracy over a source; multi-crop batches ([B, ncrops, C, H, W]) average their crops."""
+             keep_outputs: bool = False, tta: str = "none") -> dict:
+    """Loss and accuracy over a source; multi-crop batches ([B, ncrops, C, H, W]) average their
+    crops; `tta` (evaluate.tta, TTA_MODES) averages the logits of each image's views."""
+    model = with_tta(model, tta)
     model.eval()
     dev = runtime.device
     loss_sum = torch.zeros((), device=dev, dtype=torch.float64)

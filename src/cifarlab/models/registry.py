@@ -2,7 +2,8 @@
 
 `model.name` is `<source>.<arch>`:
 
-* `cifarlab.*`: this package's nets (cifar.py), the fast default `cifarlab.resnet8`;
+* `cifarlab.*`: this package's nets (cifar.py), the fast default `cifarlab.resnet8`, and
+  `cifarlab.airbench` (airbench.py);
 * `tutorial.*`: the tutorial's chapter-2 models, layer for layer (tutorial.py);
 * `torchvision.*`: every torchvision classification model, adapted to 32x32 (torchvision_adapt.py);
 * `user.*`: your own, registered with `cifarlab.register.register_model` in src/cifarlab_user/.
@@ -27,9 +28,10 @@ from torch import nn
 
 from cifarlab import register
 from cifarlab.errors import TORCH_ARGUMENT_ERRORS, ParamsError, RegistrationError
-from cifarlab.models import cifar, course, torchvision_adapt, tutorial
+from cifarlab.models import airbench, cifar, course, torchvision_adapt, tutorial
 from cifarlab.models.finetune import freeze, load_pretrained
 from cifarlab.models.init import apply_init, check_init
+from cifarlab.models.whiten import first_conv
 
 DEFAULT_MODEL = "cifarlab.resnet8"
 
@@ -115,7 +117,7 @@ class UserSource(LocalSource):
 
 
 SOURCES = {
-    "cifarlab": LocalSource("cifarlab", cifar.MODELS),
+    "cifarlab": LocalSource("cifarlab", {**cifar.MODELS, **airbench.MODELS}),
     "tutorial": LocalSource("tutorial", {**tutorial.MODELS, **course.MODELS}),
     "torchvision": TorchvisionSource(),
     "user": UserSource(),
@@ -171,6 +173,9 @@ def check_model(params) -> None:
                                   f"live under model.{src}.<arch>", choices=known)
     SOURCES[source].check(arch, params.kwargs_for(), f"model.{source}.{arch}")
     check_init(params.init)
+    if params.whiten.enabled:  # the first conv must fit a patch whitening: checked on a meta build
+        with torch.device("meta"):
+            first_conv(SOURCES[source].build(arch, params.kwargs_for(), 10, f"model.{source}.{arch}"))
     for i, prefix in enumerate(params.freeze):
         if not prefix:
             raise ParamsError(f"model.freeze.{i}", "must be a non-empty parameter-name prefix", prefix)

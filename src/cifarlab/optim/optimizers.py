@@ -123,7 +123,33 @@ def needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     return param is not None and param.default is inspect.Parameter.empty
 
 
+def decouple_weight_decay(cls, groups: list[dict], params: OptimizerParams, kwargs: dict) -> list[dict]:
+    """With optimizer.decouple_weight_decay, each group's weight_decay divided by its base lr.
+
+    The weight_decay written (optimizer.<Name>, a group's own) is then the fraction of the
+    weights that one step at the group's base learning rate removes: torch's decay term is
+    lr * weight_decay * p, so it is given weight_decay / lr and a change of lr (or lr_mult)
+    leaves the decay per step as written. A scheduler's multiplier still scales it, as it
+    scales the steps (airbench94's convention). Every group gets an explicit weight_decay.
+    """
+    if not params.decouple_weight_decay:
+        return groups
+    sig = inspect.signature(cls).parameters
+    if "weight_decay" not in sig:
+        raise ParamsError("optimizer.decouple_weight_decay", f"{params.name} has no weight_decay argument",
+                          True)
+    default = kwargs.get("weight_decay", sig["weight_decay"].default)
+    out = []
+    for g in groups:
+        wd = g.get("weight_decay", default)
+        if not isinstance(wd, (int, float)) or isinstance(wd, bool):  # validated elsewhere; never silently
+            raise ParamsError("optimizer.decouple_weight_decay", "needs a number for weight_decay", wd)
+        out.append({**g, "weight_decay": wd / g["lr"]})
+    return out
+
+
 def _construct(cls, groups: list[dict], params: OptimizerParams, kwargs: dict):
+    groups = decouple_weight_decay(cls, groups, params, kwargs)
     try:
         return cls(groups, lr=params.lr, **kwargs)
     except TORCH_ARGUMENT_ERRORS as exc:
@@ -197,14 +223,16 @@ def _matches(name: str, prefix: str) -> bool:
 
 def _kinds(model: nn.Module) -> dict[str, set[str]]:
     """Parameter names by kind: ``bias`` (every parameter named bias), ``norm`` (the weights
-    and biases of normalization layers: BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm)."""
+    and biases of normalization layers: BatchNorm, InstanceNorm, GroupNorm, LayerNorm, RMSNorm),
+    ``norm_bias`` and ``norm_weight`` (those layers' biases, their weights)."""
     norm = {
         f"{m_name}.{p_name}" if m_name else p_name
         for m_name, module in model.named_modules() if isinstance(module, NORM_TYPES)
         for p_name, _ in module.named_parameters(recurse=False)
     }
     bias = {n for n, _ in model.named_parameters() if n.rpartition(".")[2] == "bias"}
-    return {"bias": bias, "norm": norm}
+    return {"bias": bias, "norm": norm, "norm_bias": norm & bias,
+            "norm_weight": {n for n in norm if n.rpartition(".")[2] == "weight"}}
 
 
 def _selects(group, name: str, kinds: dict[str, set[str]]) -> bool:

@@ -59,7 +59,10 @@ def predict_index(model_path: Path, index: Path, params: Params, log=print):
     source = make_source(meta["eval_transforms"], "augment.eval", backend="tensor", images=x, labels=y, index=index,
                          stats=meta["normalize"], runtime=runtime, batch_size=params.evaluate.batch_size,
                          seed=params.seed, shuffle=False, num_workers=params.runtime.num_workers, log=log)
-    out = evaluate(model, None, source, runtime, ncrops=is_multicrop(meta["eval_transforms"]), keep_outputs=True)
+    if params.evaluate.tta != "none":
+        log(f"evaluate: test-time augmentation {params.evaluate.tta} (logits averaged over its views)")
+    out = evaluate(model, None, source, runtime, ncrops=is_multicrop(meta["eval_transforms"]), keep_outputs=True,
+                   tta=params.evaluate.tta)
     return out["logits"], out["targets"], meta
 
 

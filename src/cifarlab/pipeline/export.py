@@ -207,7 +207,8 @@ def _chosen(section: dict) -> dict:
 def card_params(params: Params, meta: dict) -> dict:
     """The params that made the model, as params.yaml spells them (chosen components only)."""
     d = params.model_dump(mode="json")
-    model = {k: v for k, v in d["model"].items() if k not in ("init", "cifarlab", "tutorial", "torchvision")}
+    model = {k: v for k, v in d["model"].items() if k not in ("init", "cifarlab", "tutorial", "torchvision")
+             and not (k == "whiten" and not v["enabled"])}
     if meta.get("kwargs"):
         model["arguments"] = meta["kwargs"]
     model["init"] = {k: _chosen(v) for k, v in d["model"]["init"].items() if v.get("name") != "default"} or "default"

@@ -30,6 +30,7 @@ from cifarlab.engine.checkpoint import CheckpointDir, fingerprint, tensor_digest
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.diagnostics import LayerDiagnostics, fixed_batch, layers_csv, rng_kept
 from cifarlab.engine.distributed import process_group, relaunch_under_torchrun
+from cifarlab.engine.ema import WeightAverage, make_average
 from cifarlab.engine.loop import Dist, _prepare, evaluate, train_one_epoch
 from cifarlab.engine.memory import check_training_memory
 from cifarlab.engine.progress import epoch_bar
@@ -38,6 +39,7 @@ from cifarlab.engine.tensorboard import TrainLogger, chain
 from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.models.registry import check_model, create_model
 from cifarlab.models.summary import summarize
+from cifarlab.models.whiten import apply_whitening, set_bias_epoch
 from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
 from cifarlab.optim.losses import build_loss, check_loss, supported_losses, user_losses
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure, optimizer_classes
@@ -68,6 +70,11 @@ def check_all(params: Params, steps_per_epoch: int = 10) -> None:
     check_scheduler(params.scheduler, params.optimizer, epochs=params.train.epochs, steps_per_epoch=steps_per_epoch)
     check_transforms(params.augment.train, "augment.train")
     check_transforms(params.augment.eval, "augment.eval")
+    wp = params.model.whiten
+    if wp.enabled and wp.bias_epochs is not None and params.train.nproc > 1:
+        raise ParamsError("model.whiten.bias_epochs", "freezing the bias mid-run needs train.nproc 1 (DDP "
+                          "needs the same trainable parameters every step); set it to null to train it throughout",
+                          wp.bias_epochs)
 
 
 def check_argument_sections(params: Params) -> None:
@@ -117,7 +124,7 @@ def training_params(params: Params) -> dict:
     """The params that decide the result (not threads, workers or the device's name)."""
     d = params.model_dump(mode="json")
     keep = {k: d[k] for k in ("seed", "model", "augment", "loss", "optimizer", "scheduler")}
-    keep["train"] = {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile", "clip")}
+    keep["train"] = {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile", "clip", "ema")}
     return keep
 
 
@@ -153,6 +160,12 @@ class Setup:
     summary: str
     fingerprint: str
     device: str  # where it trains, for people: timing.json and the model card
+    average: WeightAverage | None = None  # train.ema: the averaged weights validation and the files use
+    whiten_bias: torch.nn.Parameter | None = None  # model.whiten: the bias trained for bias_epochs
+
+    def eval_model(self) -> torch.nn.Module:
+        """The model to validate and save: the weight average once it exists, else the model."""
+        return self.average.eval_model() if self.average is not None else self.model
 
 
 @dataclass
@@ -244,6 +257,7 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
     valid_src = make_source(params.augment.eval, "augment.eval", images=valid_x, labels=valid_y,
                             index=paths.valid_index, batch_size=max(tp.batch_size, 256), shuffle=False,
                             keep=True, **common)
+    whiten_bias = whiten_model(params, model, train_x, train_y, common, log=log) if params.model.whiten.enabled else None
     ncrops = is_multicrop(params.augment.eval)
     probe_shapes(model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)])
     train_model = model
@@ -261,7 +275,25 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
                  scaler=runtime.scaler(), closure=needs_closure(optimizer), runtime=runtime, train_src=train_src,
                  valid_src=valid_src, ncrops=ncrops, classes=classes, stats=stats,
                  summary=summarize(model) if dist.main else "", fingerprint=fp,
-                 device=describe_device(runtime, dist.world))
+                 device=describe_device(runtime, dist.world), whiten_bias=whiten_bias,
+                 average=make_average(model, tp.ema, len(train_src)))
+
+
+def whiten_model(params: Params, model, train_x, train_y, common: dict, *, log):
+    """model.whiten: the first conv set to whiten the first training images' patches, as the net
+    sees them (augment.eval applied); returns the conv's bias, trained for bias_epochs."""
+    wp = params.model.whiten
+    n = min(wp.images, len(train_y))
+    source = make_source(params.augment.eval, "augment.eval", images=train_x[:n], labels=train_y[:n],
+                         index=Path("-"), batch_size=500, shuffle=False, **{**common, "backend": "tensor"})
+    xs = [x.reshape(-1, *x.shape[-3:]).float().cpu() for x, _ in source.batches(0)]
+    name, bias = apply_whitening(model, torch.cat(xs), wp.eps)
+    conv = dict(model.named_modules())[name]
+    kept = "no bias" if bias is None else "bias trained " + (
+        "throughout" if wp.bias_epochs is None else f"for {wp.bias_epochs} epochs")
+    log(f"model.whiten: first conv '{name}' ({conv.out_channels} filters, {'x'.join(map(str, conv.kernel_size))}) "
+        f"whitens the patches of {n} training images; weight frozen, {kept}")
+    return bias
 
 
 def resume(ckpt: CheckpointDir, s: Setup, log, set_aside: bool = True) -> Progress:
@@ -275,6 +307,8 @@ def resume(ckpt: CheckpointDir, s: Setup, log, set_aside: bool = True) -> Progre
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
     s.scaler.load_state_dict(state["scaler"])
+    if s.average is not None:
+        s.average.load_state_dict(state["ema"])
     progress = Progress(history=state["history"], best=state["best"], start_epoch=state["epoch"] + 1,
                         tensorboard=state.get("tensorboard", {}), layers=state.get("layers", []))
     log(f"train: resuming from the checkpoint of epoch {progress.start_epoch} ({state_path})")
@@ -289,20 +323,21 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
     done_before = progress.history[-1]["elapsed_seconds"] if progress.history else 0.0
     for epoch in range(progress.start_epoch, tp.epochs):
         seed_everything(params.seed * 1_000_003 + epoch)  # dropout and per-sample transforms, resumable
+        set_bias_epoch(s.whiten_bias, epoch, params.model.whiten.bias_epochs)
         bar = epoch_bar(epoch, tp.epochs, len(s.train_src)) if dist.main else None
         steps = writer.steps(s.optimizer, every=tp.log_every_steps, epoch=epoch,
                              steps_per_epoch=len(s.train_src)) if dist.main else None
         try:
             tr = train_one_epoch(s.train_model, s.loss_fn, s.optimizer, s.train_src, epoch=epoch, runtime=s.runtime,
                                  scheduler=s.scheduler, scaler=s.scaler, needs_closure=s.closure,
-                                 on_step=chain(bar, steps), clip=tp.clip)
+                                 on_step=chain(bar, steps, s.average and s.average.on_step(epoch)), clip=tp.clip)
         finally:
             if bar is not None:
                 bar.close()
         totals = dist.reduce(torch.tensor([tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]],
                                           dtype=torch.float64, device=s.runtime.device)).tolist()
         tr_loss, tr_acc = totals[0] / totals[2], totals[1] / totals[2]
-        va = evaluate(s.model, s.loss_fn, s.valid_src, s.runtime, ncrops=s.ncrops)
+        va = evaluate(s.eval_model(), s.loss_fn, s.valid_src, s.runtime, ncrops=s.ncrops)
         lrs = [g["lr"] for g in s.optimizer.param_groups]
         s.scheduler.step_epoch({"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss,
                                 "train_acc": tr_acc})
@@ -315,7 +350,7 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
         progress.history.append(row)
         if va["acc"] > progress.best["acc"]:
             progress.best = {"acc": va["acc"], "epoch": epoch + 1,
-                             "state": {k: v.detach().cpu().clone() for k, v in s.model.state_dict().items()}}
+                             "state": {k: v.detach().cpu().clone() for k, v in s.eval_model().state_dict().items()}}
         if diag is not None:
             writer.layers(diag.measure(epoch + 1), epoch + 1)
             progress.layers = diag.rows
@@ -324,7 +359,8 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
             ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
                        "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "epoch": epoch,
                        "history": progress.history, "best": progress.best, "rng": {"torch": torch.get_rng_state()},
-                       "fingerprint": s.fingerprint, "tensorboard": writer.snapshot(), "layers": progress.layers})
+                       "fingerprint": s.fingerprint, "tensorboard": writer.snapshot(), "layers": progress.layers,
+                       **({"ema": s.average.state_dict()} if s.average is not None else {})})
             write_live(paths, progress, complete=False, device=s.device)
         # logged once the checkpoint is on disk: "epoch N/" means epoch N survives a kill
         log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
@@ -395,7 +431,7 @@ def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) ->
         eval_transforms=params.augment.eval, channels_last=params.model.channels_last,
         history=json.loads(json.dumps(curves)), layers=json.loads(json.dumps(progress.layers)))
     with atomic_dir(paths.models) as tmp:
-        save_model(tmp / "last.pt", s.model, epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
+        save_model(tmp / "last.pt", s.eval_model(), epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
         if best["state"] is not None:
             s.model.load_state_dict(best["state"])
         save_model(tmp / "model.pt", s.model, epoch=best["epoch"], valid_acc=best["acc"], **info)
