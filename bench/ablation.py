@@ -17,6 +17,7 @@ Rows are the default params ("baseline"), each technique alone on top of them, a
 together ("all"), and a candidate for new defaults ("candidate"); `--epochs` and `--set`
 apply to every row (after the row's own values).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,26 +39,42 @@ from cifar_factory import build_real_archive  # noqa: E402
 from dvc_project import make_project, set_params  # noqa: E402
 
 ALT_FLIP = [{"RandomCrop": {"size": 32, "padding": 4}}, {"AlternatingHorizontalFlip": {}}, {"Normalize": {}}]
-REFLECT_2 = [{"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
-             {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}]
-AIRBENCH_AUG = [{"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
-                {"AlternatingHorizontalFlip": {}}, {"Normalize": {}}]
+REFLECT_2 = [
+    {"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
+    {"RandomHorizontalFlip": {"p": 0.5}},
+    {"Normalize": {}},
+]
+AIRBENCH_AUG = [
+    {"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
+    {"AlternatingHorizontalFlip": {}},
+    {"Normalize": {}},
+]
 LOOKAHEAD = {"decay": 0.774, "every": 5, "lookahead": True}  # airbench94's 0.95 per step, every 5 steps
-ALL = {"model.name": "cifarlab.airbench", "model.whiten.enabled": True,
-       "optimizer.groups": [{"kind": "norm_bias", "lr_mult": 8, "weight_decay": 0}],
-       "optimizer.decouple_weight_decay": True, "optimizer.SGD.weight_decay": 5e-5,
-       "loss.CrossEntropyLoss.label_smoothing": 0.2, "train.ema": LOOKAHEAD,
-       "augment.train": AIRBENCH_AUG, "evaluate.tta": "flip_translate"}
+ALL = {
+    "model.name": "cifarlab.airbench",
+    "model.whiten.enabled": True,
+    "optimizer.groups": [{"kind": "norm_bias", "lr_mult": 8, "weight_decay": 0}],
+    "optimizer.decouple_weight_decay": True,
+    "optimizer.SGD.weight_decay": 5e-5,
+    "loss.CrossEntropyLoss.label_smoothing": 0.2,
+    "train.ema": LOOKAHEAD,
+    "augment.train": AIRBENCH_AUG,
+    "evaluate.tta": "flip_translate",
+}
 
 #: name -> (what it changes, dotted params over the defaults)
 ROWS: dict[str, tuple[str, dict]] = {
     "baseline": ("the default params", {}),
     "airbench_net": ("model cifarlab.airbench (64-256-256)", {"model.name": "cifarlab.airbench"}),
     "whiten": ("model.whiten on the default net's stem", {"model.whiten.enabled": True}),
-    "norm_bias_lr": ("batch-norm biases at 8x the lr, no decay",
-                     {"optimizer.groups": [{"kind": "norm_bias", "lr_mult": 8, "weight_decay": 0}]}),
-    "decoupled_wd": ("weight decay 5e-5 per step at the base lr (decoupled)",
-                     {"optimizer.decouple_weight_decay": True, "optimizer.SGD.weight_decay": 5e-5}),
+    "norm_bias_lr": (
+        "batch-norm biases at 8x the lr, no decay",
+        {"optimizer.groups": [{"kind": "norm_bias", "lr_mult": 8, "weight_decay": 0}]},
+    ),
+    "decoupled_wd": (
+        "weight decay 5e-5 per step at the base lr (decoupled)",
+        {"optimizer.decouple_weight_decay": True, "optimizer.SGD.weight_decay": 5e-5},
+    ),
     "smoothing_0.2": ("label smoothing 0.2", {"loss.CrossEntropyLoss.label_smoothing": 0.2}),
     "ema": ("train.ema decay 0.9 every 5 steps", {"train.ema": {"decay": 0.9, "every": 5}}),
     "lookahead": ("train.ema 0.774 every 5 steps, lookahead", {"train.ema": LOOKAHEAD}),
@@ -66,8 +83,10 @@ ROWS: dict[str, tuple[str, dict]] = {
     "tta_flip": ("evaluate.tta flip", {"evaluate.tta": "flip"}),
     "tta": ("evaluate.tta flip_translate", {"evaluate.tta": "flip_translate"}),
     "all": ("every technique above together", ALL),
-    "candidate": ("all, on airbench 32-128-128, 15 epochs",
-                  {**ALL, "model.cifarlab.airbench": {"widths": [32, 128, 128]}, "train.epochs": 15}),
+    "candidate": (
+        "all, on airbench 32-128-128, 15 epochs",
+        {**ALL, "model.cifarlab.airbench": {"widths": [32, 128, 128]}, "train.epochs": 15},
+    ),
 }
 
 
@@ -103,25 +122,35 @@ def run_row(proj, cmds: dict, values: dict, seed: int, trained: dict) -> dict:
 
 def table(results: dict[str, list[dict]]) -> str:
     base = statistics.mean(r["acc"] for r in results["baseline"]) if "baseline" in results else None
-    lines = ["| config | what | test acc, mean (min-max) | train s, mean | vs baseline |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| config | what | test acc, mean (min-max) | train s, mean | vs baseline |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for name, runs in results.items():
         accs = [r["acc"] for r in runs]
         mean = statistics.mean(accs)
         delta = f"{100 * (mean - base):+.2f} pt" if base is not None and name != "baseline" else ""
-        lines.append(f"| {name} | {ROWS[name][0]} | {100 * mean:.2f}% ({100 * min(accs):.2f}-{100 * max(accs):.2f}) "
-                     f"| {statistics.mean(r['train_seconds'] for r in runs):.1f} | {delta} |")
+        lines.append(
+            f"| {name} | {ROWS[name][0]} | {100 * mean:.2f}% ({100 * min(accs):.2f}-{100 * max(accs):.2f}) "
+            f"| {statistics.mean(r['train_seconds'] for r in runs):.1f} | {delta} |"
+        )
     return "\n".join(lines)
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per row: 0..N-1 (default 3)")
-    ap.add_argument("--only", type=lambda v: v.split(","), default=list(ROWS),
-                    help=f"comma-separated rows, of: {', '.join(ROWS)}")
+    ap.add_argument(
+        "--only", type=lambda v: v.split(","), default=list(ROWS), help=f"comma-separated rows, of: {', '.join(ROWS)}"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="train.epochs for every row")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a params override for every row, YAML value (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override for every row, YAML value (repeatable)",
+    )
     args = ap.parse_args()
     unknown = [n for n in args.only if n not in ROWS]
     if unknown:
@@ -150,14 +179,21 @@ def main() -> None:
             for seed in range(args.seeds):
                 r = run_row(proj, cmds, {**ROWS[name][1], **common}, seed, trained)
                 results.setdefault(name, []).append(r)
-                print(f"{name} seed {seed}: test acc {r['acc']:.4f}, {r['train_seconds']:.1f} s of training",
-                      file=sys.stderr, flush=True)
-    print(f"Real CIFAR-10 test batch (JPEG-passed shared copy), 8,000 train / 1,000 valid / 1,000 test; "
-          f"seeds 0-{args.seeds - 1}" + (f"; for every row: {common}" if common else "") + "\n")
+                print(
+                    f"{name} seed {seed}: test acc {r['acc']:.4f}, {r['train_seconds']:.1f} s of training",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(
+        f"Real CIFAR-10 test batch (JPEG-passed shared copy), 8,000 train / 1,000 valid / 1,000 test; "
+        f"seeds 0-{args.seeds - 1}" + (f"; for every row: {common}" if common else "") + "\n"
+    )
     print(table(results))
     after = os.getloadavg()
-    print(f"\nload average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-          f"after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}")
+    print(
+        f"\nload average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"after {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}"
+    )
 
 
 if __name__ == "__main__":

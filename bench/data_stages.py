@@ -8,6 +8,7 @@ the tutorial's scripts (bench/tutorial_data.py), our four stage scripts run dire
 `dvc repro` of them in a temp git repo, and a no-op `dvc repro`. Prints seconds, peak
 memory per stage and the ratios the issue sets targets for.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,11 +50,18 @@ def run_size(label, archive, batches, tmp):
     if batches is None:
         work = tmp / f"tutorial-{label}"
         work.mkdir()
-        out = subprocess.run([sys.executable, str(ROOT / "bench/tutorial_data.py"), str(archive), str(work)],
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "bench/tutorial_data.py"), str(archive), str(work)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         res["tutorial"] = {k: float(v) for k, v in (x.split("=") for x in out)}
-        print("tutorial scripts:  " + "  ".join(f"{k} {v:.2f}s" for k, v in res["tutorial"].items())
-              + f"  total {sum(res['tutorial'].values()):.2f}s")
+        print(
+            "tutorial scripts:  "
+            + "  ".join(f"{k} {v:.2f}s" for k, v in res["tutorial"].items())
+            + f"  total {sum(res['tutorial'].values()):.2f}s"
+        )
     proj = make_project(tmp / f"proj-{label}", archive)
     if batches:
         params = proj.path / "params.yaml"
@@ -63,14 +71,21 @@ def run_size(label, archive, batches, tmp):
     for name, args in STAGES:
         ours[name], peaks[name] = timed([sys.executable, *args], proj.path, proj.env)
     res["ours"] = ours
-    print("our stage scripts: " + "  ".join(f"{k} {v:.2f}s ({peaks[k]:.0f} MB)" for k, v in ours.items())
-          + f"  total {sum(ours.values()):.2f}s")
+    print(
+        "our stage scripts: "
+        + "  ".join(f"{k} {v:.2f}s ({peaks[k]:.0f} MB)" for k, v in ours.items())
+        + f"  total {sum(ours.values()):.2f}s"
+    )
     subprocess.run(["rm", "-rf", "data/png", "data/split", "data/index", "data/stats", "data/meta.json"], cwd=proj.path)
-    res["repro"], _ = timed(["dvc", "repro", "--no-run-cache", "unpack", "split", "index", "stats"], proj.path, proj.env)
+    res["repro"], _ = timed(
+        ["dvc", "repro", "--no-run-cache", "unpack", "split", "index", "stats"], proj.path, proj.env
+    )
     res["noop"], _ = timed(["dvc", "repro", "unpack", "split", "index", "stats"], proj.path, proj.env)
     res["status"], _ = timed(["dvc", "status"], proj.path, proj.env)
-    print(f"dvc repro: {res['repro']:.2f}s ({res['repro'] / sum(ours.values()):.2f}x the scripts)   "
-          f"no-op dvc repro: {res['noop']:.2f}s   dvc status: {res['status']:.2f}s")
+    print(
+        f"dvc repro: {res['repro']:.2f}s ({res['repro'] / sum(ours.values()):.2f}x the scripts)   "
+        f"no-op dvc repro: {res['noop']:.2f}s   dvc status: {res['status']:.2f}s"
+    )
     res["peak_mb"] = peaks
     return res
 
@@ -85,16 +100,20 @@ def main():
         build_real_archive(small)
         r10 = run_size("10k", small, None, tmp)
         tut, ours = sum(r10["tutorial"].values()), sum(r10["ours"].values())
-        print(f"\nratio tutorial/ours (scripts): {tut / ours:.2f}x faster  [target: ours under {9.7 / 3:.1f}s "
-              f"(a third of the tutorial's 9.7s measured in the issue); here tutorial {tut:.2f}s, ours {ours:.2f}s]")
+        print(
+            f"\nratio tutorial/ours (scripts): {tut / ours:.2f}x faster  [target: ours under {9.7 / 3:.1f}s "
+            f"(a third of the tutorial's 9.7s measured in the issue); here tutorial {tut:.2f}s, ours {ours:.2f}s]"
+        )
         if args.full:
             big = tmp / "full" / "cifar-10-python.tar.gz"
             build_real_archive(big, full=True)
             r60 = run_size("60k", big, ALL, tmp)
             o60 = sum(r60["ours"].values())
-            print(f"\n60k/10k: scripts {o60 / ours:.2f}x, dvc repro {r60['repro'] / r10['repro']:.2f}x, "
-                  f"no-op {r60['noop'] / r10['noop']:.2f}x  [target: at most 6x]; peak MB 10k "
-                  f"{max(r10['peak_mb'].values()):.0f} vs 60k {max(r60['peak_mb'].values()):.0f}")
+            print(
+                f"\n60k/10k: scripts {o60 / ours:.2f}x, dvc repro {r60['repro'] / r10['repro']:.2f}x, "
+                f"no-op {r60['noop'] / r10['noop']:.2f}x  [target: at most 6x]; peak MB 10k "
+                f"{max(r10['peak_mb'].values()):.0f} vs 60k {max(r60['peak_mb'].values()):.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ checks that the two runs' per-epoch history (loss, accuracy) is identical: the d
 must not change training. Then the visualize stage runs once on the default model, timed on
 its own: it is a separate stage, so its cost is reported apart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,19 @@ def measure(proj, name: str, base: dict, rounds: int) -> dict:
     walls: dict[str, list[float]] = {"on": [], "off": []}
     histories = {}
     for r in range(rounds):
-        for mode in (("on", "off") if r % 2 == 0 else ("off", "on")):
+        for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
             values = dict(base, **(OFF if mode == "off" else {}))
             res = train_run(proj, f"{name}-{mode}-{r}", values)
             walls[mode].append(res["wall"])
             histories[mode] = res["history"]
             print(f"{name:>9} {mode:>3} round {r}: {res['wall']:7.2f} s", flush=True)
     on, off = statistics.mean(walls["on"]), statistics.mean(walls["off"])
-    return {"on": walls["on"], "off": walls["off"], "ratio": on / off,
-            "same": same_training(histories["on"], histories["off"])}
+    return {
+        "on": walls["on"],
+        "off": walls["off"],
+        "ratio": on / off,
+        "same": same_training(histories["on"], histories["off"]),
+    }
 
 
 def time_visualize(proj) -> float:
@@ -84,8 +89,10 @@ def main() -> None:
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("| params | diagnostics on | off | on/off | same history |\n| --- | ---: | ---: | ---: | --- |")
     for name, r in results.items():
-        print(f"| {name} | {statistics.mean(r['on']):.1f} s | {statistics.mean(r['off']):.1f} s | "
-              f"{r['ratio']:.3f} | {'yes' if r['same'] else 'NO'} |")
+        print(
+            f"| {name} | {statistics.mean(r['on']):.1f} s | {statistics.mean(r['off']):.1f} s | "
+            f"{r['ratio']:.3f} | {'yes' if r['same'] else 'NO'} |"
+        )
     if not args.no_visualize:
         proj.dvc("repro", "train")
         print(f"visualize stage alone, default params: {time_visualize(proj):.1f} s")

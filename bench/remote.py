@@ -13,6 +13,7 @@ and `dvc status`. Prints a table of seconds and the 60k/10k ratios against the t
 push and pull under 30 s and a no-op repro under 2 s on 10,000 images, no step more than
 6x its 10,000-image time on 60,000.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,8 +93,11 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-remote-") as d:
         results = {label: run_size(label, Path(d)) for label in sizes}
 
-    print("\n| step | " + " | ".join(f"{results[s]['images']:,} images (s)" for s in sizes)
-          + (" | 60k/10k |" if len(sizes) == 2 else " |"))
+    print(
+        "\n| step | "
+        + " | ".join(f"{results[s]['images']:,} images (s)" for s in sizes)
+        + (" | 60k/10k |" if len(sizes) == 2 else " |")
+    )
     print("| --- | " + " | ".join("---:" for _ in sizes) + (" | ---: |" if len(sizes) == 2 else " |"))
     failed = []
     for step in STEPS:
@@ -106,8 +110,10 @@ def main():
             if ratio > MAX_RATIO:
                 failed.append(f"60k/10k {step} {ratio:.2f}x > {MAX_RATIO:.0f}x")
         print(f"| {step} | " + " | ".join(row) + " |")
-    print("\ntargets: 10k push and pull < 30 s, no-op repro < 2 s; 60k at most 6x 10k per step: "
-          + ("all met" if not failed else "MISSED: " + "; ".join(failed)))
+    print(
+        "\ntargets: 10k push and pull < 30 s, no-op repro < 2 s; 60k at most 6x 10k per step: "
+        + ("all met" if not failed else "MISSED: " + "; ".join(failed))
+    )
     return 1 if failed else 0
 
 

@@ -10,6 +10,7 @@ each, alternating), so both see the same machine load. It prints each stage's se
 new/old ratio of the train stage, and whether evaluate's metrics.json and train's
 metrics.json are identical: a pure refactoring must give the same bytes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,7 @@ def main() -> None:
         for name in stages["new"]:
             rounds = args.rounds if name == "train" else 1
             for r in range(rounds):
-                for label in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                for label in ("old", "new") if r % 2 == 0 else ("new", "old"):
                     s = timed(stages[label][name]["cmd"], projects[label])
                     seconds[label].setdefault(name, []).append(s)
                     print(f"{name:>10} {label}: {s:7.2f} s", flush=True)
@@ -72,8 +73,10 @@ def main() -> None:
             print(f"{name:>10}: old {o:7.2f} s  new {n:7.2f} s  new/old {n / o:.3f}")
         for rel in ("reports/eval/metrics.json", "reports/train/metrics.json"):
             a, b = (json.loads((p.path / rel).read_text()) for p in projects.values())
-            print(f"{rel}: {'identical' if a == b else 'DIFFERENT'}"
-                  + (f" (test accuracy {b['accuracy']})" if "accuracy" in b else ""))
+            print(
+                f"{rel}: {'identical' if a == b else 'DIFFERENT'}"
+                + (f" (test accuracy {b['accuracy']})" if "accuracy" in b else "")
+            )
     finally:
         for tree in trees:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT)

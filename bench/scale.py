@@ -13,6 +13,7 @@ and peak resident memory (the stage process and its children) at each size, the 
 next to the ratio of the images that stage handles (linear or better when the first is not
 above the second), and the test accuracy the default params reach.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,14 +38,25 @@ SIZES = {
     "60k": {"full": True, "params": {"data.batches": ALL, "split.mode": "standard"}},
 }
 #: which images each stage's work grows with (a key of `counts`)
-WORK = {"unpack": "all", "split": "all", "index": "all", "stats": "train", "train": "train+valid",
-        "evaluate": "test", "visualize": "test"}  # visualize decodes the test index
+WORK = {
+    "unpack": "all",
+    "split": "all",
+    "index": "all",
+    "stats": "train",
+    "train": "train+valid",
+    "evaluate": "test",
+    "visualize": "test",
+}  # visualize decodes the test index
 
 
 def counts(proj) -> dict[str, int]:
     lines = {n: len((proj.path / f"data/index/{n}.txt").read_text().splitlines()) for n in ("train", "valid", "test")}
-    return {"all": sum(lines.values()), "train": lines["train"], "train+valid": lines["train"] + lines["valid"],
-            "test": lines["test"]}
+    return {
+        "all": sum(lines.values()),
+        "train": lines["train"],
+        "train+valid": lines["train"] + lines["valid"],
+        "test": lines["test"],
+    }
 
 
 def run_size(label: str, tmp: Path, epochs: int | None) -> dict:
@@ -65,8 +77,11 @@ def run_size(label: str, tmp: Path, epochs: int | None) -> dict:
     out["test_acc"] = json.loads((proj.path / "reports/eval/metrics.json").read_text())["test"]["acc"]
     timing = json.loads((proj.path / "reports/train/timing.json").read_text())
     out["images_per_second"] = timing["images_per_second"]
-    print(f"images {out['images']}; train {timing['images_per_second']:.0f} images/s; "
-          f"test accuracy {out['test_acc']:.2%}", flush=True)
+    print(
+        f"images {out['images']}; train {timing['images_per_second']:.0f} images/s; "
+        f"test accuracy {out['test_acc']:.2%}",
+        flush=True,
+    )
     return out
 
 
@@ -88,11 +103,15 @@ def main():
         for name in a["seconds"]:
             work = WORK.get(name, "all")
             ratio = b["images"][work] / a["images"][work]
-            print(f"| {name} | {a['seconds'][name]:.1f} s | {b['seconds'][name]:.1f} s | "
-                  f"{b['seconds'][name] / a['seconds'][name]:.2f}x | {ratio:.2f}x ({work}) | "
-                  f"{a['peak_mb'][name]:.0f} | {b['peak_mb'][name]:.0f} |")
-        print(f"\ntest accuracy: 10k (8:1:1 of the test batch) {a['test_acc']:.2%}; "
-              f"60k (standard protocol: the official test batch) {b['test_acc']:.2%}")
+            print(
+                f"| {name} | {a['seconds'][name]:.1f} s | {b['seconds'][name]:.1f} s | "
+                f"{b['seconds'][name] / a['seconds'][name]:.2f}x | {ratio:.2f}x ({work}) | "
+                f"{a['peak_mb'][name]:.0f} | {b['peak_mb'][name]:.0f} |"
+            )
+        print(
+            f"\ntest accuracy: 10k (8:1:1 of the test batch) {a['test_acc']:.2%}; "
+            f"60k (standard protocol: the official test batch) {b['test_acc']:.2%}"
+        )
     print(json.dumps(res))
 
 

@@ -15,6 +15,7 @@ to the target validation accuracy (validation included, as the tutorial counts),
 final validation accuracy, and the evaluate stage's test accuracy (with the params'
 evaluate.tta; on the official test batch with `--full`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,16 @@ def device_line() -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default=None, help="a presets/<name>.args file to start from (fast, tutorial, standard)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a params override, as with `dvc exp run -S` (repeatable)")
+    ap.add_argument(
+        "--preset", default=None, help="a presets/<name>.args file to start from (fast, tutorial, standard)"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params override, as with `dvc exp run -S` (repeatable)",
+    )
     ap.add_argument("--target", type=float, default=0.75, help="validation accuracy to time (default 0.75)")
     ap.add_argument("--full", action="store_true", help="60,000 images with split.mode standard")
     args = ap.parse_args()
@@ -72,12 +80,17 @@ def main():
     ips = [float(h["images_per_second"]) for h in hist]
     reached = [float(h["elapsed_seconds"]) for h in hist if float(h["valid_acc"]) >= args.target]
     steady = statistics.median(ips[1:]) if len(ips) > 1 else ips[0]
-    print(f"training: {steady:,.0f} images/s (median of epochs 2-{len(ips)}; epoch 1: {ips[0]:,.0f} images/s); "
-          f"{len(hist)} epochs in {res['train_seconds']:.1f} s, stage wall {res['wall']:.1f} s", flush=True)
-    print(f"time to {args.target:.0%} validation accuracy: "
-          + (f"{reached[0]:.1f} s" if reached else "not reached")
-          + f"; final validation accuracy {res['final_valid_acc']:.2%}; test accuracy {res['test_acc']:.2%}",
-          flush=True)
+    print(
+        f"training: {steady:,.0f} images/s (median of epochs 2-{len(ips)}; epoch 1: {ips[0]:,.0f} images/s); "
+        f"{len(hist)} epochs in {res['train_seconds']:.1f} s, stage wall {res['wall']:.1f} s",
+        flush=True,
+    )
+    print(
+        f"time to {args.target:.0%} validation accuracy: "
+        + (f"{reached[0]:.1f} s" if reached else "not reached")
+        + f"; final validation accuracy {res['final_valid_acc']:.2%}; test accuracy {res['test_acc']:.2%}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

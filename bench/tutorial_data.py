@@ -8,6 +8,7 @@ each class 8:1:1 into train/valid/test; 1_3 walks the split folders and writes
 np.concatenate image by image (quadratic), then takes mean and std per channel.
 The tutorial used cv2 and scipy for image I/O; PIL stands in (same per-image work).
 """
+
 from __future__ import annotations
 
 import os
@@ -84,8 +85,12 @@ def step_mean_std(work, samples=2000):
 
 def main(archive, work):
     times = {}
-    for name, fn in (("unpack", lambda: step_unpack(archive, work)), ("split", lambda: step_split(work)),
-                     ("index", lambda: step_txt(work)), ("stats", lambda: step_mean_std(work))):
+    for name, fn in (
+        ("unpack", lambda: step_unpack(archive, work)),
+        ("split", lambda: step_split(work)),
+        ("index", lambda: step_txt(work)),
+        ("stats", lambda: step_mean_std(work)),
+    ):
         t = time.perf_counter()
         fn()
         times[name] = time.perf_counter() - t

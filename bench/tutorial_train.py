@@ -11,6 +11,7 @@ histograms per epoch; validation every 2 epochs (epoch % 2 == 0) and after the l
 DATA_ROOT holds data/index/{train,valid}.txt and data/stats/normalize.json (the pipeline's).
 Prints one JSON line: wall seconds, per-epoch valid accuracy, time to 25% valid accuracy.
 """
+
 import argparse
 import json
 import os
@@ -94,8 +95,9 @@ def main():
     with open("data/stats/normalize.json") as f:
         stats = json.load(f)
     norm = transforms.Normalize(stats["mean"], stats["std"])
-    train_tf = transforms.Compose([transforms.Resize(32), transforms.RandomCrop(32, padding=4),
-                                   transforms.ToTensor(), norm])
+    train_tf = transforms.Compose(
+        [transforms.Resize(32), transforms.RandomCrop(32, padding=4), transforms.ToTensor(), norm]
+    )
     valid_tf = transforms.Compose([transforms.ToTensor(), norm])
     train_loader = DataLoader(MyDataset("data/index/train.txt", train_tf), batch_size=16, shuffle=True)
     valid_loader = DataLoader(MyDataset("data/index/valid.txt", valid_tf), batch_size=16)
@@ -142,8 +144,11 @@ def main():
                 reached = time.perf_counter() - start
     wall = time.perf_counter() - start
     writer.close()
-    print(json.dumps({"seconds": wall, "valid_acc": valid, "final_valid_acc": valid[args.epochs],
-                      "seconds_to_25": reached}))
+    print(
+        json.dumps(
+            {"seconds": wall, "valid_acc": valid, "final_valid_acc": valid[args.epochs], "seconds_to_25": reached}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Without this, an installed copy of the package elsewhere could run instead of the files DVC
 tracks, and a change to src/ would rerun a stage with the old code.
 """
+
 import sys
 from pathlib import Path
 

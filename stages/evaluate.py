@@ -1,5 +1,6 @@
 """Stage evaluate: the best model on the test index: accuracy, loss, per-class precision,
 recall and F1, macro averages, and the confusion matrix as counts and as DVC plot data."""
+
 from pathlib import Path
 
 import _path  # noqa: F401

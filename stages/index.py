@@ -1,4 +1,5 @@
 """Stage index: data/index/{train,valid,test}.txt, one `path label` line per image."""
+
 import _path  # noqa: F401
 
 from cifarlab.pipeline import index

@@ -1,4 +1,5 @@
 """Stage split: train/valid/test folders of links to the PNG files, per class, seeded."""
+
 import _path  # noqa: F401
 
 from cifarlab.params import load_params

@@ -1,4 +1,5 @@
 """Stage stats: per-channel RGB mean and std over every training image, for Normalize."""
+
 import _path  # noqa: F401
 
 from cifarlab.pipeline.stats import write_stats

@@ -1,4 +1,5 @@
 """Stage unpack: the archive's batches (data.batches) as PNG files, one folder per class."""
+
 import _path  # noqa: F401
 
 from cifarlab.params import load_params

@@ -2,6 +2,7 @@
 training curves, confusion matrix, per-class precision and recall, kernels, feature maps,
 weight and gradient distributions, Grad-CAM, the model summary (reports/figures), and the
 stage's own TensorBoard run (images, graph, embedding, PR curves, text, figures, histograms)."""
+
 from pathlib import Path
 
 import _path  # noqa: F401
@@ -26,11 +27,20 @@ def main(argv=None):
     from cifarlab.pipeline.visualize import VizPaths, run_visualize
 
     index = Path(args.index)
-    run_visualize(params, VizPaths(
-        model=Path(args.model), train_index=index / "train.txt", test_index=index / "test.txt",
-        stats=Path(args.stats), report=Path(args.report), figures=Path(args.figures),
-        tensorboard=Path(args.tensorboard), valid_index=index / "valid.txt",
-        layers=Path(args.layers) if args.layers else None))
+    run_visualize(
+        params,
+        VizPaths(
+            model=Path(args.model),
+            train_index=index / "train.txt",
+            test_index=index / "test.txt",
+            stats=Path(args.stats),
+            report=Path(args.report),
+            figures=Path(args.figures),
+            tensorboard=Path(args.tensorboard),
+            valid_index=index / "valid.txt",
+            layers=Path(args.layers) if args.layers else None,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 tar.gz, each batch a protocol-2 pickle of {"data": uint8 (N, 3072), "labels": [...]} like
 the official files. Keyword arguments corrupt it in the ways the bad-input tests need.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,8 +35,12 @@ def make_batch(per_class: int, seed: int = 0, bytes_keys: bool = False, learnabl
         noise = rng.integers(-30, 31, size=(len(labels), 3, 1024))
         data = np.clip(palette[labels][:, :, None] + noise, 0, 255).astype(np.uint8).reshape(len(labels), 3072)
     k = (lambda s: s.encode()) if bytes_keys else (lambda s: s)
-    return {k("batch_label"): "test", k("labels"): labels.tolist(), k("data"): data,
-            k("filenames"): [f"img_{i}.png" for i in range(len(labels))]}
+    return {
+        k("batch_label"): "test",
+        k("labels"): labels.tolist(),
+        k("data"): data,
+        k("filenames"): [f"img_{i}.png" for i in range(len(labels))],
+    }
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes, **info_kw) -> None:
@@ -47,9 +52,17 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes, **info_kw) -> None:
     tar.addfile(info, io.BytesIO(payload) if info.isfile() else None)
 
 
-def make_archive(path: Path, batches=("test_batch",), per_class: int = 3, *, bytes_keys: bool = False,
-                 overrides: dict | None = None, extra_members=(), omit_meta: bool = False,
-                 learnable: bool = False) -> Path:
+def make_archive(
+    path: Path,
+    batches=("test_batch",),
+    per_class: int = 3,
+    *,
+    bytes_keys: bool = False,
+    overrides: dict | None = None,
+    extra_members=(),
+    omit_meta: bool = False,
+    learnable: bool = False,
+) -> Path:
     """Write a valid tiny archive; `overrides` maps a batch name to raw pickle bytes to put instead."""
     path = Path(path)
     overrides = overrides or {}
@@ -58,7 +71,9 @@ def make_archive(path: Path, batches=("test_batch",), per_class: int = 3, *, byt
             meta = {"label_names": CLASSES, "num_cases_per_batch": 10 * per_class, "num_vis": 3072}
             _add(tar, f"{ROOT}/batches.meta", pickle.dumps(meta, protocol=2))
         for i, name in enumerate(batches):
-            payload = overrides.get(name) or pickle.dumps(make_batch(per_class, seed=i, bytes_keys=bytes_keys, learnable=learnable), protocol=2)
+            payload = overrides.get(name) or pickle.dumps(
+                make_batch(per_class, seed=i, bytes_keys=bytes_keys, learnable=learnable), protocol=2
+            )
             _add(tar, f"{ROOT}/{name}", payload)
         for name, kw in extra_members:
             _add(tar, name, kw.pop("payload", b"x"), **kw)
@@ -76,12 +91,14 @@ def batch_arrays(path: Path, name: str = "test_batch") -> tuple[np.ndarray, np.n
 
 def png_bomb(path: Path, side: int = 100_000) -> None:
     """A tiny PNG whose header claims side x side pixels (a decompression bomb's header)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 97))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 97)) + chunk(b"IEND", b"")
+    )
 
 
 def build_real_archive(dest: Path, full: bool = False) -> Path:
@@ -89,8 +106,11 @@ def build_real_archive(dest: Path, full: bool = False) -> Path:
     if not REAL_BUILDER.is_file():
         raise FileNotFoundError(f"{REAL_BUILDER} not found (run beside the project's shared/ folder)")
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(REAL_BUILDER), *([] if full else ["--test-only"]), str(dest)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REAL_BUILDER), *([] if full else ["--test-only"]), str(dest)],
+        check=True,
+        capture_output=True,
+    )
     return Path(dest)
 
 

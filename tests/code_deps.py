@@ -10,6 +10,7 @@ file by file elsewhere (the data stages use a few modules each; the top-level he
 and nothing declared holds a module the stage never imports, so an edit reruns exactly the
 stages that run the edited code. `python tests/code_deps.py` rewrites the declarations.
 """
+
 from __future__ import annotations
 
 import ast
@@ -76,8 +77,13 @@ def closure(script: Path) -> set[str]:
             for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__, a/b/__init__ too
                 target = _module_file(".".join(parts[:i]))
                 # the user package: cifarlab.register imports every module of it
-                reached = sorted(USER.rglob("*.py")) if target is not None and target.is_relative_to(USER) \
-                    else [target] if target is not None else []
+                reached = (
+                    sorted(USER.rglob("*.py"))
+                    if target is not None and target.is_relative_to(USER)
+                    else [target]
+                    if target is not None
+                    else []
+                )
                 for t in reached:
                     if t not in seen:
                         seen.add(t)
@@ -87,8 +93,9 @@ def closure(script: Path) -> set[str]:
 
 def folder_modules(folder: str) -> set[str]:
     """The code files of a declared folder (empty __init__ files run nothing and do not count)."""
-    return {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*.py")
-            if p.name != "__init__.py" or has_code(p)}
+    return {
+        p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*.py") if p.name != "__init__.py" or has_code(p)
+    }
 
 
 def declaration(script: str) -> list[str]:

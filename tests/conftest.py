@@ -1,5 +1,6 @@
 """Shared fixtures: one torch thread for a module, the tiny data tree of the in-process
 training tests, and the real CIFAR-10 archive built from ../shared/cifar10 for slow tests."""
+
 from pathlib import Path
 
 import pytest

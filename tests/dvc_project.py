@@ -1,4 +1,5 @@
 """A throwaway copy of this project in a temp git repo, driven through the real dvc CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,16 +10,34 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COPY = ["dvc.yaml", "params.yaml", "stages", "src", ".dvc/config", ".dvc/.gitignore", ".gitignore",
-        "data/.gitignore", "data/cifar-10-python.tar.gz.dvc", "reports", "presets"]
+COPY = [
+    "dvc.yaml",
+    "params.yaml",
+    "stages",
+    "src",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".gitignore",
+    "data/.gitignore",
+    "data/cifar-10-python.tar.gz.dvc",
+    "reports",
+    "presets",
+]
 
 
 class Project:
     def __init__(self, path: Path):
         self.path = path
-        self.env = dict(os.environ, PYTHONPATH=str(path / "src"), DVC_NO_ANALYTICS="1",
-                        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-                        GIT_COMMITTER_EMAIL="t@t", PYTHONUNBUFFERED="1")
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=str(path / "src"),
+            DVC_NO_ANALYTICS="1",
+            GIT_AUTHOR_NAME="t",
+            GIT_AUTHOR_EMAIL="t@t",
+            GIT_COMMITTER_NAME="t",
+            GIT_COMMITTER_EMAIL="t@t",
+            PYTHONUNBUFFERED="1",
+        )
         # stages call `python`: make it this interpreter, whatever PATH says
         bindir = Path(sys.executable).parent
         self.env["PATH"] = f"{bindir}{os.pathsep}{self.env.get('PATH', '')}"
@@ -97,8 +116,14 @@ def set_params(proj: Project, values: dict, out: Path | None = None) -> None:
 
 
 # A configuration that trains in seconds on a tiny archive, for end-to-end tests.
-TINY = {"model.name": "tutorial.net", "train.epochs": 3, "train.batch_size": 16, "runtime.threads": 1,
-        "optimizer.lr": 0.02, "evaluate.batch_size": 64}
+TINY = {
+    "model.name": "tutorial.net",
+    "train.epochs": 3,
+    "train.batch_size": 16,
+    "runtime.threads": 1,
+    "optimizer.lr": 0.02,
+    "evaluate.batch_size": 64,
+}
 
 
 def dvc_stages() -> dict:
@@ -135,8 +160,11 @@ def preset(name: str) -> dict:
         key, value = tok.split("=", 1)
         key = key.lstrip("+")  # `++key` (add or override) and `+key` (add): Hydra's prefixes
         # Hydra's override syntax for a list of one-key dicts, read as YAML flow style
-        out[key] = yaml.safe_load(value.replace(":", ": ").replace(",", ", ")) if value.startswith("[") \
+        out[key] = (
+            yaml.safe_load(value.replace(":", ": ").replace(",", ", "))
+            if value.startswith("[")
             else yaml.safe_load(value)
+        )
     return out
 
 
@@ -162,9 +190,11 @@ def snapshot(root: Path, paths: list[str]) -> dict[str, str]:
 
 def temp_leftovers(root: Path, skip: tuple[str, ...] = (".git", ".dvc")) -> list[str]:
     """Temporary siblings (cifarlab.atomic's `.<name>.*.tmp` / `.old`) anywhere outside `skip`."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*")
-                  if not (set(p.relative_to(root).parts) & set(skip))
-                  and (p.name.endswith(".tmp") or p.name.endswith(".old")))
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob(".*")
+        if not (set(p.relative_to(root).parts) & set(skip)) and (p.name.endswith(".tmp") or p.name.endswith(".old"))
+    )
 
 
 def run_stage(proj: Project, stage: str, params: dict | None = None) -> subprocess.CompletedProcess:
@@ -178,8 +208,9 @@ def run_stage(proj: Project, stage: str, params: dict | None = None) -> subproce
     return subprocess.run(cmd, cwd=proj.path, env=proj.env, capture_output=True, text=True, timeout=300)
 
 
-def assert_fails_cleanly(proj: Project, stage: str, *words: str, params: dict | None = None,
-                         outs: list[str] | None = None) -> str:
+def assert_fails_cleanly(
+    proj: Project, stage: str, *words: str, params: dict | None = None, outs: list[str] | None = None
+) -> str:
     """Run the stage, expect one `error:` line with `words`, the outputs (default: all the stage
     declares) unchanged and no temporary files left; return the line."""
     outs = stage_outs(stage) if outs is None else outs
@@ -197,8 +228,12 @@ def assert_fails_cleanly(proj: Project, stage: str, *words: str, params: dict | 
 
 
 #: Outputs that hold clock times by design: present, but not byte-comparable between runs.
-TIMED = ("reports/tensorboard/", "reports/train/timing.json", "reports/train/history.csv",
-         "export/MODEL_CARD.md")  # the card quotes the training time
+TIMED = (
+    "reports/tensorboard/",
+    "reports/train/timing.json",
+    "reports/train/history.csv",
+    "export/MODEL_CARD.md",
+)  # the card quotes the training time
 
 
 def lock_outs(root: Path, comparable_only: bool = False) -> dict[str, str]:
@@ -206,5 +241,9 @@ def lock_outs(root: Path, comparable_only: bool = False) -> dict[str, str]:
     import yaml
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])
-            if not (comparable_only and o["path"].startswith(TIMED))}
+    return {
+        o["path"]: o["md5"]
+        for stage in lock["stages"].values()
+        for o in stage.get("outs", [])
+        if not (comparable_only and o["path"].startswith(TIMED))
+    }

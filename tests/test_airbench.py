@@ -4,6 +4,7 @@ The model `cifarlab.airbench`, the whitening init of a first conv (model.whiten)
 `norm_bias` group kind and optimizer.decouple_weight_decay, the weight average (train.ema),
 AlternatingHorizontalFlip, and test-time augmentation (evaluate.tta).
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,14 @@ def test_airbench_widths_are_configurable_and_checked():
     model = build_model("cifarlab.airbench", {"widths": [8, 16], "whiten_width": 6, "norm_weight": True})
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert all(m.weight.requires_grad for m in model.modules() if isinstance(m, nn.BatchNorm2d))
-    for bad in ({"widths": []}, {"widths": [8, 8, 8, 8, 8]}, {"widths": [8, 0]}, {"whiten_width": 0},
-                {"logit_scale": -1}, {"bn_momentum": 2}):
+    for bad in (
+        {"widths": []},
+        {"widths": [8, 8, 8, 8, 8]},
+        {"widths": [8, 0]},
+        {"whiten_width": 0},
+        {"logit_scale": -1},
+        {"bn_momentum": 2},
+    ):
         with pytest.raises(ParamsError, match=r"model.cifarlab.airbench"):
             build_model("cifarlab.airbench", bad)
 
@@ -131,8 +138,9 @@ def test_the_bias_trains_for_bias_epochs_then_freezes():
 
 def test_norm_bias_group_takes_the_batch_norm_biases_only():
     model = build_model("cifarlab.airbench", SMALL)
-    params = parse_params({"optimizer": {"lr": 0.1, "groups": [{"kind": "norm_bias", "lr_mult": 64,
-                                                                 "weight_decay": 0}]}})
+    params = parse_params(
+        {"optimizer": {"lr": 0.1, "groups": [{"kind": "norm_bias", "lr_mult": 64, "weight_decay": 0}]}}
+    )
     opt = build_optimizer(params.optimizer, model)
     norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     assert {id(p) for p in opt.param_groups[1]["params"]} == norm_biases
@@ -145,9 +153,16 @@ def test_decoupled_weight_decay_is_the_decay_per_step_at_the_base_lr():
     written, whatever the group's learning rate."""
     model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))
     before = [p.detach().clone() for p in model.parameters()]
-    params = parse_params({"optimizer": {
-        "lr": 0.5, "decouple_weight_decay": True, "SGD": {"momentum": 0, "nesterov": False, "weight_decay": 0.01},
-        "groups": [{"prefix": "1", "lr_mult": 4, "weight_decay": 0.002}]}})
+    params = parse_params(
+        {
+            "optimizer": {
+                "lr": 0.5,
+                "decouple_weight_decay": True,
+                "SGD": {"momentum": 0, "nesterov": False, "weight_decay": 0.01},
+                "groups": [{"prefix": "1", "lr_mult": 4, "weight_decay": 0.002}],
+            }
+        }
+    )
     check_optimizer(params.optimizer)
     opt = build_optimizer(params.optimizer, model)
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.01 / 0.5)
@@ -304,17 +319,29 @@ def tree(tmp_path_factory):
 
 
 #: every component of issue 22 on at once, on a small airbench
-ALL_ON = {"model.name": "cifarlab.airbench", "model.cifarlab.airbench": SMALL,
-          "model.whiten": {"enabled": True, "bias_epochs": 1},
-          "optimizer.decouple_weight_decay": True, "optimizer.lr": 0.05,
-          "optimizer.SGD": {"momentum": 0.85, "nesterov": True, "weight_decay": 1e-4},
-          "optimizer.groups": [{"kind": "norm_bias", "lr_mult": 4}],
-          "loss.CrossEntropyLoss.label_smoothing": 0.2,
-          "train.ema": {"decay": 0.5, "every": 2, "lookahead": True},
-          "augment.train": [{"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
-                            {"AlternatingHorizontalFlip": {}}, {"Normalize": {}}],
-          "train.epochs": 3, "train.batch_size": 8, "train.histograms": False, "train.device": "cpu",
-          "scheduler.name": "none", "runtime.threads": 1, "evaluate.tta": "flip_translate"}
+ALL_ON = {
+    "model.name": "cifarlab.airbench",
+    "model.cifarlab.airbench": SMALL,
+    "model.whiten": {"enabled": True, "bias_epochs": 1},
+    "optimizer.decouple_weight_decay": True,
+    "optimizer.lr": 0.05,
+    "optimizer.SGD": {"momentum": 0.85, "nesterov": True, "weight_decay": 1e-4},
+    "optimizer.groups": [{"kind": "norm_bias", "lr_mult": 4}],
+    "loss.CrossEntropyLoss.label_smoothing": 0.2,
+    "train.ema": {"decay": 0.5, "every": 2, "lookahead": True},
+    "augment.train": [
+        {"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
+        {"AlternatingHorizontalFlip": {}},
+        {"Normalize": {}},
+    ],
+    "train.epochs": 3,
+    "train.batch_size": 8,
+    "train.histograms": False,
+    "train.device": "cpu",
+    "scheduler.name": "none",
+    "runtime.threads": 1,
+    "evaluate.tta": "flip_translate",
+}
 
 
 def all_on(**over):
@@ -325,9 +352,17 @@ def all_on(**over):
 
 
 def fit_in(tree: Path, out: Path, params, log=lambda *_: None) -> dict:
-    paths = Paths(train_index=tree / "data/index/train.txt", valid_index=tree / "data/index/valid.txt",
-                  stats=tree / "data/stats/normalize.json", meta=tree / "data/meta.json", models=out / "models",
-                  reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=tree)
+    paths = Paths(
+        train_index=tree / "data/index/train.txt",
+        valid_index=tree / "data/index/valid.txt",
+        stats=tree / "data/stats/normalize.json",
+        meta=tree / "data/meta.json",
+        models=out / "models",
+        reports=out / "reports",
+        tensorboard=out / "tb",
+        checkpoints=out / "ckpt",
+        root=tree,
+    )
     cwd = os.getcwd()
     os.chdir(tree)
     try:
@@ -354,6 +389,7 @@ def test_every_component_at_once_trains_saves_the_average_and_resumes_exactly(tr
     def stop_after_epoch_2(line):
         if line.startswith("epoch 2/"):
             raise Stop
+
     with pytest.raises(Stop):
         fit_in(tree, tmp_path / "cut", params, log=stop_after_epoch_2)
     resumed_logs: list[str] = []
@@ -365,8 +401,9 @@ def test_every_component_at_once_trains_saves_the_average_and_resumes_exactly(tr
     cwd = os.getcwd()
     os.chdir(tree)
     try:
-        report = run_evaluation(tmp_path / "ref/models/model.pt", Path("data/index/test.txt"), tmp_path / "eval",
-                                params, log=logs.append)
+        report = run_evaluation(
+            tmp_path / "ref/models/model.pt", Path("data/index/test.txt"), tmp_path / "eval", params, log=logs.append
+        )
     finally:
         os.chdir(cwd)
     assert any("test-time augmentation flip_translate" in line for line in logs)
@@ -390,15 +427,26 @@ def test_the_average_is_what_validation_sees_and_what_is_saved(tree, tmp_path):
 def test_dvc_exp_run_switches_the_record_techniques_on_together(tmp_path):
     """Through the real `dvc exp run`: a small airbench, whitening, decoupled weight decay, a
     norm_bias group, the weight average, alternating flips, reflect translation and TTA."""
-    tiny = {"train.epochs": 2, "train.batch_size": 16, "runtime.threads": 1, "train.histograms": False,
-            "evaluate.batch_size": 64}
+    tiny = {
+        "train.epochs": 2,
+        "train.batch_size": 16,
+        "runtime.threads": 1,
+        "train.histograms": False,
+        "evaluate.batch_size": 64,
+    }
     proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=10), params=tiny)
-    sets = ["model.name=cifarlab.airbench", "++model.cifarlab.airbench.widths=[8,16,16]",
-            "++model.whiten.enabled=true", "++optimizer.decouple_weight_decay=true",
-            "++optimizer.groups=[{kind: norm_bias, lr_mult: 8}]", "++train.ema.decay=0.8",
-            "++train.ema.lookahead=true", "++evaluate.tta=flip_translate",
-            "augment.train=[{RandomCrop: {size: 32, padding: 2, padding_mode: reflect}}, "
-            "{AlternatingHorizontalFlip: {}}, {Normalize: {}}]"]
+    sets = [
+        "model.name=cifarlab.airbench",
+        "++model.cifarlab.airbench.widths=[8,16,16]",
+        "++model.whiten.enabled=true",
+        "++optimizer.decouple_weight_decay=true",
+        "++optimizer.groups=[{kind: norm_bias, lr_mult: 8}]",
+        "++train.ema.decay=0.8",
+        "++train.ema.lookahead=true",
+        "++evaluate.tta=flip_translate",
+        "augment.train=[{RandomCrop: {size: 32, padding: 2, padding_mode: reflect}}, "
+        "{AlternatingHorizontalFlip: {}}, {Normalize: {}}]",
+    ]
     res = proj.dvc("exp", "run", "evaluate", *[a for s in sets for a in ("-S", s)])
     assert {"train", "evaluate"} <= set(proj.ran(res))
     written = yaml.safe_load((proj.path / "params.yaml").read_text())

@@ -1,4 +1,5 @@
 """The archive reader: valid archives read pixel-exact, every bad one is one clear DataError."""
+
 import gzip
 import hashlib
 import os
@@ -35,11 +36,14 @@ def test_bytes_keys_from_python3_pickles(tmp_path):
     assert len(next(batches).labels) == 30
 
 
-@pytest.mark.parametrize("content, words", [
-    (None, "missing"),
-    (b"", "empty"),
-    (b"this is not gzip at all" * 10, "not a gzip"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "missing"),
+        (b"", "empty"),
+        (b"this is not gzip at all" * 10, "not a gzip"),
+    ],
+)
 def test_missing_empty_not_gzip(tmp_path, content, words):
     arc = tmp_path / "a.tar.gz"
     if content is not None:
@@ -67,14 +71,17 @@ def test_md5_mismatch_names_both_sums_and_how_to_skip(tmp_path):
     assert "0" * 32 in msg and md5(arc) in msg and "null" in msg
 
 
-@pytest.mark.parametrize("member", [
-    ("/etc/evil", {}),
-    (f"{ROOT}/../../evil", {}),
-    (f"{ROOT}/link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}),
-    (f"{ROOT}/hard", {"type": tarfile.LNKTYPE, "linkname": f"{ROOT}/test_batch"}),
-    (f"{ROOT}/dev", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}),
-    (f"{ROOT}/fifo", {"type": tarfile.FIFOTYPE}),
-])
+@pytest.mark.parametrize(
+    "member",
+    [
+        ("/etc/evil", {}),
+        (f"{ROOT}/../../evil", {}),
+        (f"{ROOT}/link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"}),
+        (f"{ROOT}/hard", {"type": tarfile.LNKTYPE, "linkname": f"{ROOT}/test_batch"}),
+        (f"{ROOT}/dev", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}),
+        (f"{ROOT}/fifo", {"type": tarfile.FIFOTYPE}),
+    ],
+)
 def test_hostile_tar_members(tmp_path, member):
     name, kw = member
     arc = make_archive(tmp_path / "a.tar.gz", extra_members=[(name, dict(kw))])
@@ -105,14 +112,17 @@ def test_safe_unpickle_refuses_builtins():
         safe_unpickle(payload, "x")
 
 
-@pytest.mark.parametrize("obj, words", [
-    ({"data": np.zeros((3, 3072), dtype=np.float32), "labels": [0, 1, 2]}, "uint8"),
-    ({"data": np.zeros((3, 100), dtype=np.uint8), "labels": [0, 1, 2]}, "3072"),
-    ({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, 1]}, "3 images but 2 labels"),
-    ({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, 10, 2]}, "label 10"),
-    ({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, -1, 2]}, "label -1"),
-    ({"pixels": 1}, "'data' and 'labels'"),
-])
+@pytest.mark.parametrize(
+    "obj, words",
+    [
+        ({"data": np.zeros((3, 3072), dtype=np.float32), "labels": [0, 1, 2]}, "uint8"),
+        ({"data": np.zeros((3, 100), dtype=np.uint8), "labels": [0, 1, 2]}, "3072"),
+        ({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, 1]}, "3 images but 2 labels"),
+        ({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, 10, 2]}, "label 10"),
+        ({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, -1, 2]}, "label -1"),
+        ({"pixels": 1}, "'data' and 'labels'"),
+    ],
+)
 def test_bad_batches(tmp_path, obj, words):
     arc = make_archive(tmp_path / "a.tar.gz", overrides={"test_batch": pickle.dumps(obj, protocol=2)})
     with pytest.raises(DataError, match=words) as err:

@@ -1,4 +1,5 @@
 """The fast path: whole uint8 batches augmented as tensors, checked against torchvision."""
+
 from __future__ import annotations
 
 import itertools
@@ -15,8 +16,7 @@ from cifarlab.errors import ParamsError
 
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
 KEY = "augment.train"
-DEFAULT = [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {"p": 0.5}},
-           {"Normalize": {}}]
+DEFAULT = [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -46,21 +46,26 @@ def crops_of(padded, out, size=32):
     found = []
     h, w = padded.shape[-2:]
     for p, o in zip(padded, out):
-        found.append([(t, l) for t, l in itertools.product(range(h - size + 1), range(w - size + 1))
-                      if torch.equal(p[:, t:t + size, l:l + size], o)])
+        found.append(
+            [
+                (t, l)
+                for t, l in itertools.product(range(h - size + 1), range(w - size + 1))
+                if torch.equal(p[:, t : t + size, l : l + size], o)
+            ]
+        )
     return found
 
 
 # --- geometry ---------------------------------------------------------------------------------
 
+
 def test_flip_with_p1_is_torch_flip_and_p0_is_identity():
     x = batch()
-    torch.testing.assert_close(aug([{"RandomHorizontalFlip": {"p": 1.0}}])(x, gen()),
-                               scaled(x.flip(-1)), rtol=0, atol=0)
-    torch.testing.assert_close(aug([{"RandomVerticalFlip": {"p": 1.0}}])(x, gen()),
-                               scaled(x.flip(-2)), rtol=0, atol=0)
-    torch.testing.assert_close(aug([{"RandomHorizontalFlip": {"p": 0.0}}])(x, gen()), scaled(x),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        aug([{"RandomHorizontalFlip": {"p": 1.0}}])(x, gen()), scaled(x.flip(-1)), rtol=0, atol=0
+    )
+    torch.testing.assert_close(aug([{"RandomVerticalFlip": {"p": 1.0}}])(x, gen()), scaled(x.flip(-2)), rtol=0, atol=0)
+    torch.testing.assert_close(aug([{"RandomHorizontalFlip": {"p": 0.0}}])(x, gen()), scaled(x), rtol=0, atol=0)
 
 
 def test_flip_p_half_flips_some():
@@ -93,19 +98,19 @@ def test_random_crop_padding_modes_match_torchvision_padding(mode):
 
 def test_pad_then_random_crop_with_a_fill_and_uneven_padding():
     x = batch(6, low=1)
-    entries = [{"Pad": {"padding": [1, 2, 3, 4], "fill": [7, 8, 9]}},
-               {"RandomCrop": {"size": [30, 28], "pad_if_needed": True}}]
+    entries = [
+        {"Pad": {"padding": [1, 2, 3, 4], "fill": [7, 8, 9]}},
+        {"RandomCrop": {"size": [30, 28], "pad_if_needed": True}},
+    ]
     out = aug(entries)(x, gen())
     padded = scaled(F.pad(tv_tensors.Image(x), [1, 2, 3, 4], fill=[7, 8, 9]))
     for p, o in zip(padded, out):
-        assert any(torch.equal(p[:, t:t + 30, l:l + 28], o)
-                   for t in range(38 - 30 + 1) for l in range(36 - 28 + 1))
+        assert any(torch.equal(p[:, t : t + 30, l : l + 28], o) for t in range(38 - 30 + 1) for l in range(36 - 28 + 1))
 
 
 def test_different_fills_in_a_row_match_torchvision():
     x = batch(4)
-    entries = [{"Pad": {"padding": 2, "fill": 5}}, {"Pad": {"padding": 1, "fill": 9}},
-               {"CenterCrop": {"size": 30}}]
+    entries = [{"Pad": {"padding": 2, "fill": 5}}, {"Pad": {"padding": 1, "fill": 9}}, {"CenterCrop": {"size": 30}}]
     expected = torch.stack([build_transform(entries, KEY, None)(tv_tensors.Image(s)) for s in x])
     torch.testing.assert_close(aug(entries)(x, gen()), expected, rtol=0, atol=0)
 
@@ -113,19 +118,33 @@ def test_different_fills_in_a_row_match_torchvision():
 @pytest.mark.parametrize("size", [32, 24, 25, 33, 40])
 def test_center_crop_matches_torchvision(size):
     x = batch(4)
-    torch.testing.assert_close(aug([{"CenterCrop": {"size": size}}])(x, gen()),
-                               scaled(F.center_crop(x, [size, size])), rtol=0, atol=0)
+    torch.testing.assert_close(
+        aug([{"CenterCrop": {"size": size}}])(x, gen()), scaled(F.center_crop(x, [size, size])), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
 def test_translation_matches_torchvision_affine(interpolation):
     x = batch(16)
-    entries = [{"RandomAffine": {"degrees": 0, "translate": [0.0625, 0.125], "fill": 3,
-                                 "interpolation": interpolation}}]
+    entries = [
+        {"RandomAffine": {"degrees": 0, "translate": [0.0625, 0.125], "fill": 3, "interpolation": interpolation}}
+    ]
     out = aug(entries)(x, gen())
-    shifted = {(tx, ty): scaled(F.affine(tv_tensors.Image(x), angle=0.0, translate=[tx, ty], scale=1.0,
-                                         shear=[0.0, 0.0], fill=3, interpolation=interpolation))
-               for tx in range(-2, 3) for ty in range(-4, 5)}
+    shifted = {
+        (tx, ty): scaled(
+            F.affine(
+                tv_tensors.Image(x),
+                angle=0.0,
+                translate=[tx, ty],
+                scale=1.0,
+                shear=[0.0, 0.0],
+                fill=3,
+                interpolation=interpolation,
+            )
+        )
+        for tx in range(-2, 3)
+        for ty in range(-4, 5)
+    }
     shifts = set()
     for i, o in enumerate(out):
         hits = [shift for shift, y in shifted.items() if torch.equal(y[i], o)]
@@ -135,6 +154,7 @@ def test_translation_matches_torchvision_affine(interpolation):
 
 
 # --- pixel ops --------------------------------------------------------------------------------
+
 
 def test_normalize_matches_torchvision():
     x = batch(8)
@@ -154,8 +174,11 @@ def test_normalize_without_stats_is_a_params_error():
 def test_conversion_entries_are_no_ops_here():
     x = batch(4)
     plain = aug([{"Normalize": {}}])(x, gen())
-    for extra in ([{"ToTensor": {}}], [{"ToImage": {}}, {"ToDtype": {"dtype": "float32", "scale": True}}],
-                  [{"PILToTensor": {}}, {"ConvertImageDtype": {}}]):
+    for extra in (
+        [{"ToTensor": {}}],
+        [{"ToImage": {}}, {"ToDtype": {"dtype": "float32", "scale": True}}],
+        [{"PILToTensor": {}}, {"ConvertImageDtype": {}}],
+    ):
         torch.testing.assert_close(aug(extra + [{"Normalize": {}}])(x, gen()), plain, rtol=0, atol=0)
 
 
@@ -171,7 +194,7 @@ def _erased_boxes(out):
         c = zero.any(0).nonzero().flatten()
         top, left, h, w = r[0].item(), c[0].item(), len(r), len(c)
         assert r[-1] - r[0] + 1 == h and c[-1] - c[0] + 1 == w
-        assert zero[top:top + h, left:left + w].all() and zero.sum() == h * w, "not a rectangle"
+        assert zero[top : top + h, left : left + w].all() and zero.sum() == h * w, "not a rectangle"
         boxes.append((top, left, h, w))
     return boxes
 
@@ -185,8 +208,8 @@ def test_random_erasing_p1_erases_a_rectangle_within_scale_and_ratio():
     area = 32 * 32
     for _, _, h, w in boxes:
         # h = round(sqrt(a r)), w = round(sqrt(a / r)) for some a in scale * area, r in ratio
-        assert (h - .5) * (w - .5) <= scale[1] * area and (h + .5) * (w + .5) >= scale[0] * area
-        assert (h - .5) / (w + .5) <= ratio[1] and (h + .5) / (w - .5) >= ratio[0]
+        assert (h - 0.5) * (w - 0.5) <= scale[1] * area and (h + 0.5) * (w + 0.5) >= scale[0] * area
+        assert (h - 0.5) / (w + 0.5) <= ratio[1] and (h + 0.5) / (w - 0.5) >= ratio[0]
     assert len({b[:2] for b in boxes}) > 20  # positions vary
     kept = out != 0
     torch.testing.assert_close(out[kept], scaled(x)[kept], rtol=0, atol=0)
@@ -241,6 +264,7 @@ def test_list_order_is_kept_erasing_before_or_after_normalize():
 
 # --- the module as a whole ----------------------------------------------------------------------
 
+
 def test_same_seed_same_output_other_seed_other_output():
     x = batch(32)
     a = aug(DEFAULT)
@@ -262,25 +286,31 @@ def test_memory_format_is_kept():
 
 def test_deterministic_lists_equal_the_per_sample_path():
     x = batch(6)
-    entries = [{"Pad": {"padding": 3, "padding_mode": "reflect"}}, {"CenterCrop": {"size": 30}},
-               {"Compose": {"transforms": [{"ToTensor": {}}, {"Normalize": {}}]}},
-               {"RandomAffine": {"degrees": [0, 0], "scale": [1, 1]}}]
+    entries = [
+        {"Pad": {"padding": 3, "padding_mode": "reflect"}},
+        {"CenterCrop": {"size": 30}},
+        {"Compose": {"transforms": [{"ToTensor": {}}, {"Normalize": {}}]}},
+        {"RandomAffine": {"degrees": [0, 0], "scale": [1, 1]}},
+    ]
     expected = torch.stack([build_transform(entries, KEY, STATS)(tv_tensors.Image(s)) for s in x])
     torch.testing.assert_close(aug(entries)(x, gen()), expected, rtol=0, atol=1e-6)
 
 
 def test_uncovered_transforms_fall_back_and_are_named():
-    entries = DEFAULT[:2] + [{"ColorJitter": {"brightness": 0.2}},
-                             {"RandomAffine": {"degrees": 15, "translate": [0.1, 0.1]}},
-                             {"RandomApply": {"transforms": [{"RandomHorizontalFlip": {}}]}},
-                             {"Normalize": {}}]
+    entries = DEFAULT[:2] + [
+        {"ColorJitter": {"brightness": 0.2}},
+        {"RandomAffine": {"degrees": 15, "translate": [0.1, 0.1]}},
+        {"RandomApply": {"transforms": [{"RandomHorizontalFlip": {}}]}},
+        {"Normalize": {}},
+    ]
     assert plan(entries, STATS, KEY) is None
     missing = uncovered(entries)
     assert [m.split(" ")[0] for m in missing] == ["ColorJitter", "RandomAffine", "RandomApply"]
     assert "rotation" in missing[1]
     assert uncovered(DEFAULT) == []
     assert uncovered([{"ToDtype": {"dtype": "float16", "scale": True}}]) == [
-        "ToDtype (only float32 with scale=True is covered)"]
+        "ToDtype (only float32 with scale=True is covered)"
+    ]
 
 
 def test_bad_entries_fail_as_in_the_per_sample_path():
@@ -302,19 +332,24 @@ def test_wrong_input_is_refused():
 ROUTED = [
     [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],  # the tutorial's
     DEFAULT,
-    [{"RandomCrop": {"size": 28, "padding": [1, 2, 3, 5], "fill": [10, 20, 30]}},
-     {"RandomHorizontalFlip": {"p": 0.5}}, {"RandomHorizontalFlip": {"p": 0.3}}],
+    [
+        {"RandomCrop": {"size": 28, "padding": [1, 2, 3, 5], "fill": [10, 20, 30]}},
+        {"RandomHorizontalFlip": {"p": 0.5}},
+        {"RandomHorizontalFlip": {"p": 0.3}},
+    ],
     [{"RandomCrop": {"size": 36, "pad_if_needed": True, "fill": 255}}, {"ToTensor": {}}],
     [{"Pad": {"padding": 2, "fill": 7}}, {"RandomHorizontalFlip": {"p": 1.0}}],
     [{"CenterCrop": {"size": 24}}, {"Normalize": {}}],
     [{"CenterCrop": {"size": 35}}],
     [{"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}, {"RandomErasing": {"p": 0.7}}],
-    [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomErasing": {"p": 1.0, "value": "random"}},
-     {"Normalize": {}}],
+    [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomErasing": {"p": 1.0, "value": "random"}}, {"Normalize": {}}],
     # any padding mode: the images are padded once by the mode's own index maps
     [{"RandomCrop": {"size": 32, "padding": 4, "padding_mode": "reflect"}}],
-    [{"RandomCrop": {"size": 32, "padding": [2, 1, 3, 2], "padding_mode": "edge"}},
-     {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}],
+    [
+        {"RandomCrop": {"size": 32, "padding": [2, 1, 3, 2], "padding_mode": "edge"}},
+        {"RandomHorizontalFlip": {"p": 0.5}},
+        {"Normalize": {}},
+    ],
     [{"Pad": {"padding": 3, "padding_mode": "symmetric"}}, {"RandomHorizontalFlip": {"p": 0.5}}],
 ]
 GENERAL = [
@@ -353,7 +388,7 @@ def test_bind_route_crops_and_mirrors_what_torchvision_would():
     padded = F.pad(images, [4], fill=9)
     mirrored = 0
     for k in range(12):
-        crops = [padded[k, :, t:t + 32, l:l + 32] for t in range(9) for l in range(9)]
+        crops = [padded[k, :, t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
         got = (out[k] * 255).round().to(torch.uint8)
         plain = any(torch.equal(got, c) for c in crops)
         flipped = any(torch.equal(got, c.flip(-1)) for c in crops)
@@ -366,6 +401,10 @@ def test_random_says_whether_a_list_draws():
     assert not aug([{"Normalize": {}}]).random
     assert not aug([{"CenterCrop": {"size": 24}}, {"ToTensor": {}}, {"Normalize": {}}]).random
     assert not aug([{"Pad": {"padding": 2}}]).random
-    for entries in ([{"RandomCrop": {"size": 32, "padding": 4}}], [{"RandomHorizontalFlip": {"p": 0.5}}],
-                    [{"RandomErasing": {"p": 0.5}}], [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1]}}]):
+    for entries in (
+        [{"RandomCrop": {"size": 32, "padding": 4}}],
+        [{"RandomHorizontalFlip": {"p": 0.5}}],
+        [{"RandomErasing": {"p": 0.5}}],
+        [{"RandomAffine": {"degrees": 0, "translate": [0.1, 0.1]}}],
+    ):
         assert aug(entries).random, entries

@@ -2,6 +2,7 @@
 users on the top level, help text on every option of every command and stage script, and
 `predict --json` (one object per file; a broken file reported, the others still classified;
 exit status 1 when any file failed)."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ def _parsers(parser: argparse.ArgumentParser, name: str):
 
 
 def _undocumented(parser: argparse.ArgumentParser) -> list[str]:
-    return [a.dest for a in parser._actions
-            if not isinstance(a, argparse._SubParsersAction) and not (a.help and a.help.strip())]
+    return [
+        a.dest
+        for a in parser._actions
+        if not isinstance(a, argparse._SubParsersAction) and not (a.help and a.help.strip())
+    ]
 
 
 def cli_parser(monkeypatch) -> argparse.ArgumentParser:
@@ -50,7 +54,9 @@ def cli_parser(monkeypatch) -> argparse.ArgumentParser:
 
 def test_every_cli_option_has_help(monkeypatch):
     parsers = dict(_parsers(cli_parser(monkeypatch), "cifarlab"))
-    assert {"cifarlab predict", "cifarlab export", "cifarlab get-archive", "cifarlab tensorboard-gather"} <= set(parsers)
+    assert {"cifarlab predict", "cifarlab export", "cifarlab get-archive", "cifarlab tensorboard-gather"} <= set(
+        parsers
+    )
     missing = {name: _undocumented(p) for name, p in parsers.items() if _undocumented(p)}
     assert not missing, missing
 

@@ -1,4 +1,5 @@
 """unpack, split, index and stats on a tiny archive: layout, exact counts, pixels, errors."""
+
 import json
 import os
 import subprocess
@@ -69,13 +70,16 @@ def test_failed_unpack_keeps_previous_output(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("n, ratios, expected", [
-    (1000, [0.8, 0.1, 0.1], [800, 100, 100]),
-    (10, [0.8, 0.1, 0.1], [8, 1, 1]),
-    (7, [0.5, 0.25, 0.25], [3, 2, 2]),
-    (3, [1 / 3, 1 / 3, 1 / 3], [1, 1, 1]),
-    (5, [0.0, 0.5, 0.5], [0, 3, 2]),
-])
+@pytest.mark.parametrize(
+    "n, ratios, expected",
+    [
+        (1000, [0.8, 0.1, 0.1], [800, 100, 100]),
+        (10, [0.8, 0.1, 0.1], [8, 1, 1]),
+        (7, [0.5, 0.25, 0.25], [3, 2, 2]),
+        (3, [1 / 3, 1 / 3, 1 / 3], [1, 1, 1]),
+        (5, [0.0, 0.5, 0.5], [0, 3, 2]),
+    ],
+)
 def test_largest_remainder(n, ratios, expected):
     assert largest_remainder(n, ratios) == expected
 
@@ -97,8 +101,9 @@ def test_split_exact_disjoint_links_seeded(tree):
     other = split("data/png", "data/meta.json", root / "other", seed=1)
     assert again == other == {"train": 80, "valid": 10, "test": 10}
     assert sorted(os.listdir(root / "again/test/cat")) == sorted(os.listdir(root / "data/split/test/cat"))
-    assert any(sorted(os.listdir(root / "other/test" / c)) != sorted(os.listdir(root / "data/split/test" / c))
-               for c in CLASSES)
+    assert any(
+        sorted(os.listdir(root / "other/test" / c)) != sorted(os.listdir(root / "data/split/test" / c)) for c in CLASSES
+    )
 
 
 def test_empty_split_is_an_error(tree):
@@ -136,13 +141,16 @@ def test_index_lines_relative_and_readable(tree):
     assert total == 100
 
 
-@pytest.mark.parametrize("line, words", [
-    ("just-a-path", "expected '<path> <label>'"),
-    ("a.png cat", "expected '<path> <label>'"),
-    ("a.png 10", "label 10 is outside"),
-    ("/etc/x.png 1", "relative"),
-    ("../x.png 1", "relative"),
-])
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("just-a-path", "expected '<path> <label>'"),
+        ("a.png cat", "expected '<path> <label>'"),
+        ("a.png 10", "label 10 is outside"),
+        ("/etc/x.png 1", "relative"),
+        ("../x.png 1", "relative"),
+    ],
+)
 def test_bad_index_lines_name_file_and_line(tmp_path, line, words):
     idx = tmp_path / "i.txt"
     idx.write_text(f"ok.png 1\n\n{line}\n")
@@ -161,15 +169,18 @@ def test_stats_exact_over_all_training_images(tree):
     assert stats["images"] == 80
 
 
-@pytest.mark.parametrize("breakage, words", [
-    ("missing", "image missing"),
-    ("empty", "empty file"),
-    ("text", "not an image"),
-    ("truncated", "broken or truncated"),
-    ("size", "33x32"),
-    ("gray", "a L image"),
-    ("rgba", "a RGBA image"),
-])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        ("missing", "image missing"),
+        ("empty", "empty file"),
+        ("text", "not an image"),
+        ("truncated", "broken or truncated"),
+        ("size", "33x32"),
+        ("gray", "a L image"),
+        ("rgba", "a RGBA image"),
+    ],
+)
 def test_broken_images_named_with_index_line(tree, breakage, words):
     root, _ = tree
     items = read_index(root / "data/index/train.txt")
@@ -201,8 +212,7 @@ def test_hostile_batch_after_a_good_one_leaves_nothing(tmp_path):
             return (os.system, (f"touch {tmp_path / 'pwned'}",))
 
     payload = pickle.dumps({"data": Evil(), "labels": []}, protocol=2)
-    arc = make_archive(tmp_path / "a.tar.gz", batches=("data_batch_1", "test_batch"),
-                       overrides={"test_batch": payload})
+    arc = make_archive(tmp_path / "a.tar.gz", batches=("data_batch_1", "test_batch"), overrides={"test_batch": payload})
     with pytest.raises(DataError, match="system"):
         unpack(arc, ["data_batch_1", "test_batch"], tmp_path / "png", tmp_path / "meta.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]
@@ -235,8 +245,11 @@ def test_the_next_write_removes_what_a_killed_writer_left_and_nothing_else(tmp_p
     dead, live = _dead_pid(), os.getppid()
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits, and is not reaped until the end
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{zombie.pid}/stat").exists() and time.monotonic() < deadline \
-            and Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+    while (
+        Path(f"/proc/{zombie.pid}/stat").exists()
+        and time.monotonic() < deadline
+        and Path(f"/proc/{zombie.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    ):
         time.sleep(0.05)
     (tmp_path / f".png.{zombie.pid}-z.tmp").mkdir()
     stale_file = tmp_path / f".m.json.{dead}-abc.json.tmp"

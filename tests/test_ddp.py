@@ -1,4 +1,5 @@
 """DDP through the real torchrun: 2 CPU processes with gloo, rank 0 alone writes."""
+
 import json
 
 import pytest

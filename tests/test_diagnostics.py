@@ -1,5 +1,6 @@
 """Per-layer diagnostics and per-step curves of the train stage (engine/diagnostics.py,
 engine/tensorboard.py): real training on a tiny tree, read back from the event files."""
+
 import csv
 import itertools
 import math
@@ -30,8 +31,9 @@ def test_diagnostics_do_not_change_the_training(tree, tmp_path):
     on = run(tree, tmp_path / "on", tiny(**over, **{"train.diagnostics": True, "train.log_every_steps": 2}))
     off = run(tree, tmp_path / "off", tiny(**over, **{"train.diagnostics": False, "train.log_every_steps": 0}))
     strip = [{k: v for k, v in r.items() if "seconds" not in k and k != "images_per_second"} for r in on["history"]]
-    assert strip == [{k: v for k, v in r.items() if "seconds" not in k and k != "images_per_second"}
-                     for r in off["history"]]
+    assert strip == [
+        {k: v for k, v in r.items() if "seconds" not in k and k != "images_per_second"} for r in off["history"]
+    ]
     assert on["metrics"] == off["metrics"]
     for name in ("model.pt", "last.pt"):  # the same weights and everything else, the layer rows aside
         a, b = (torch.load(tmp_path / run / "models" / name, weights_only=True) for run in ("on", "off"))
@@ -96,8 +98,14 @@ def test_normal_std_1_grows_with_depth_kaiming_stays_flat():
 
 def test_layer_stats_leave_grads_buffers_rng_and_mode_alone():
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                          nn.Flatten(), nn.Linear(4 * 30 * 30, 10)).train()
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 30 * 30, 10),
+    ).train()
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)
     buffers = {k: v.clone() for k, v in model.state_dict().items()}

@@ -32,6 +32,7 @@ a check that no experiment failed.
 command text (whitespace collapsed, comment included): an edited or new command is never
 skipped silently, and a stale entry fails the lint test.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -49,8 +50,13 @@ from cifar_factory import make_archive
 from dvc_project import ROOT, make_project
 
 #: The docs whose ```bash blocks run.
-DOC_FILES = sorted({ROOT / "README.md", *(ROOT / "docs").rglob("*.md"),
-                    *[p for p in (ROOT / "presets" / "README.md", ROOT / "bench" / "README.md") if p.exists()]})
+DOC_FILES = sorted(
+    {
+        ROOT / "README.md",
+        *(ROOT / "docs").rglob("*.md"),
+        *[p for p in (ROOT / "presets" / "README.md", ROOT / "bench" / "README.md") if p.exists()],
+    }
+)
 
 #: The tiny data every block runs on: images per class in the archive (split 8:1:1).
 TINY_DATA = 30
@@ -72,33 +78,53 @@ BLOCK_TIMEOUT = 900
 _INSTALLS = "installs a DVC plugin from the internet into the environment (no network, and the venv is shared)"
 #: (doc, exact command text, whitespace collapsed) -> why it does not run here. Reviewed.
 SKIP = {
-    ("docs/architecture.md", "python tests/code_deps.py"):
-        "a tool in the test folder of this repository, which the temp project does not copy "
-        "(tests/test_dvc_yaml.py checks what it writes)",
-    ("README.md", "bash scripts/pipeline.sh # the whole pipeline on real CIFAR-10 (downloads the official archive)"):
-        "downloads the official 163 MB archive from the internet",
-    ("README.md", "bash scripts/test.sh # the test suite: pytest, unit + end-to-end through the real dvc CLI + real data"):
-        "the test suite itself (this harness is part of it)",
-    ("README.md", "bash scripts/test.sh # everything: what CI runs (`.ci/run`)"):
-        "the test suite itself (this harness is part of it)",
-    ("README.md", 'bash scripts/test.sh -m "not slow" # the quick part: unit tests and end-to-end tests on tiny data (about 9 minutes on 2 cores)'):
-        "the test suite itself (this harness is part of it)",
-    ("README.md", "bash scripts/test.sh -m slow # only the slow ones: real CIFAR-10, torchrun with 2 processes, visualize end to end"):
-        "the test suite itself (this harness is part of it)",
-    ("README.md", ".venv/bin/python -m pytest tests/test_archive.py -q # one module, once set up"):
-        "the test suite itself (the temp project has no tests/ and no .venv)",
-    ("README.md", "torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint host0:29400 --nproc-per-node 4 \\ "
-                  "stages/train.py --index data/index --stats data/stats/normalize.json --meta data/meta.json \\ "
-                  "--models models --reports reports/train --tensorboard reports/tensorboard/train"):
-        "several machines: it waits for a second node at host0:29400 (tests/test_ddp.py runs torchrun on one)",
-    ("docs/team.md", "dvc remote modify --local local url /mnt/team/cifarlab-dvc-remote # writes .dvc/config.local (git-ignored)"):
-        "a shared disk at /mnt/team that this machine does not have; every later push of the page would go there",
+    (
+        "docs/architecture.md",
+        "python tests/code_deps.py",
+    ): "a tool in the test folder of this repository, which the temp project does not copy "
+    "(tests/test_dvc_yaml.py checks what it writes)",
+    (
+        "README.md",
+        "bash scripts/pipeline.sh # the whole pipeline on real CIFAR-10 (downloads the official archive)",
+    ): "downloads the official 163 MB archive from the internet",
+    (
+        "README.md",
+        "bash scripts/test.sh # the test suite: pytest, unit + end-to-end through the real dvc CLI + real data",
+    ): "the test suite itself (this harness is part of it)",
+    (
+        "README.md",
+        "bash scripts/test.sh # everything: what CI runs (`.ci/run`)",
+    ): "the test suite itself (this harness is part of it)",
+    (
+        "README.md",
+        'bash scripts/test.sh -m "not slow" # the quick part: unit tests and end-to-end tests on tiny data (about 9 minutes on 2 cores)',
+    ): "the test suite itself (this harness is part of it)",
+    (
+        "README.md",
+        "bash scripts/test.sh -m slow # only the slow ones: real CIFAR-10, torchrun with 2 processes, visualize end to end",
+    ): "the test suite itself (this harness is part of it)",
+    (
+        "README.md",
+        ".venv/bin/python -m pytest tests/test_archive.py -q # one module, once set up",
+    ): "the test suite itself (the temp project has no tests/ and no .venv)",
+    (
+        "README.md",
+        "torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint host0:29400 --nproc-per-node 4 \\ "
+        "stages/train.py --index data/index --stats data/stats/normalize.json --meta data/meta.json \\ "
+        "--models models --reports reports/train --tensorboard reports/tensorboard/train",
+    ): "several machines: it waits for a second node at host0:29400 (tests/test_ddp.py runs torchrun on one)",
+    (
+        "docs/team.md",
+        "dvc remote modify --local local url /mnt/team/cifarlab-dvc-remote # writes .dvc/config.local (git-ignored)",
+    ): "a shared disk at /mnt/team that this machine does not have; every later push of the page would go there",
     ("docs/team.md", 'pip install "dvc[s3]" # the dvc-s3 plugin'): _INSTALLS,
     ("docs/team.md", 'pip install "dvc[gs]"'): _INSTALLS,
     ("docs/team.md", 'pip install "dvc[azure]"'): _INSTALLS,
     ("docs/team.md", 'pip install "dvc[ssh]"'): _INSTALLS,
-    ("docs/team.md", "dvc push # send everything to the new cloud default"):
-        "a real cloud remote (the bucket or server above does not exist; tests/test_s3_remote.py pushes to a local S3 server)",
+    (
+        "docs/team.md",
+        "dvc push # send everything to the new cloud default",
+    ): "a real cloud remote (the bucket or server above does not exist; tests/test_s3_remote.py pushes to a local S3 server)",
 }
 
 
@@ -107,7 +133,7 @@ SKIP = {
 
 @dataclass
 class Block:
-    doc: str   # path relative to the repository root
+    doc: str  # path relative to the repository root
     line: int  # line of the opening fence
     lang: str
     text: str
@@ -122,8 +148,9 @@ def blocks(path: Path) -> list[Block]:
     out = []
     for m in _FENCE.finditer(text):
         indent = m.group(1)
-        body = "".join(ln[len(indent):] if ln.startswith(indent) else ln
-                       for ln in m.group(3).splitlines(keepends=True))
+        body = "".join(
+            ln[len(indent) :] if ln.startswith(indent) else ln for ln in m.group(3).splitlines(keepends=True)
+        )
         out.append(Block(str(path.relative_to(ROOT)), text.count("\n", 0, m.start()) + 1, m.group(2), body))
     return out
 
@@ -173,7 +200,7 @@ def code_parts(command: str) -> tuple[str, str]:
                 i += 1
             continue
         if c == "\\" and quote != "'" and i + 1 < len(command):
-            code.append(command[i:i + 2])
+            code.append(command[i : i + 2])
             unquoted.append("__" if quote is None else "")
             prev = command[i + 1]
             i += 2
@@ -201,7 +228,7 @@ def lint(command: str) -> list[str]:
     for m in _PLACEHOLDER.finditer(code):
         problems.append(f"placeholder {m.group(0)!r}")
     for m in _BRACKET.finditer(unquoted):
-        problems.append(f"option bracket at {unquoted[m.start():m.start() + 12]!r}")
+        problems.append(f"option bracket at {unquoted[m.start() : m.start() + 12]!r}")
     for m in _ALTERNATIVE.finditer(unquoted):
         problems.append(f"alternative {m.group(0)!r} (one command per line)")
     return problems
@@ -215,14 +242,15 @@ def all_commands() -> list[tuple[Block, str]]:
 
 
 def test_bash_blocks_hold_runnable_commands_only():
-    bad = [f"{b.doc}:{b.line}: {c.splitlines()[0]!r}: {', '.join(p)}"
-           for b, c in all_commands() if (p := lint(c))]
+    bad = [f"{b.doc}:{b.line}: {c.splitlines()[0]!r}: {', '.join(p)}" for b, c in all_commands() if (p := lint(c))]
     assert not bad, "not runnable as typed (use a ```text block, or a real value):\n" + "\n".join(bad)
 
 
 def test_a_here_document_stays_one_command():
     assert commands("python - <<'EOF'\nimport json\nprint(1)\nEOF\nls") == [
-        "python - <<'EOF'\nimport json\nprint(1)\nEOF", "ls"]
+        "python - <<'EOF'\nimport json\nprint(1)\nEOF",
+        "ls",
+    ]
 
 
 def test_lint_leaves_here_documents_alone():
@@ -242,8 +270,12 @@ def test_lint_catches_the_offending_forms():
 
 def test_commands_split_as_bash_parses_them():
     text = "a \\\n  b\n# note\nx=$(python -c '\nprint(1)\n')\nwhile false; do\n  :\ndone\necho hi   # c\n"
-    assert commands(text) == ["a \\\n  b", "x=$(python -c '\nprint(1)\n')", "while false; do\n  :\ndone",
-                              "echo hi   # c"]
+    assert commands(text) == [
+        "a \\\n  b",
+        "x=$(python -c '\nprint(1)\n')",
+        "while false; do\n  :\ndone",
+        "echo hi   # c",
+    ]
 
 
 def test_skip_list_names_existing_commands_only():
@@ -359,8 +391,12 @@ def _docs_with_commands() -> list[str]:
 def test_doc_commands_run_as_typed(doc, tmp_path):
     start = time.monotonic()
     proj = prepare(tmp_path)
-    env = dict(proj.env, HARNESS_PRELUDE=str(tmp_path / "prelude.sh"), HARNESS_TMP=str(tmp_path),
-               HARNESS_SERVER_TIMEOUT=str(SERVER_TIMEOUT))
+    env = dict(
+        proj.env,
+        HARNESS_PRELUDE=str(tmp_path / "prelude.sh"),
+        HARNESS_TMP=str(tmp_path),
+        HARNESS_SERVER_TIMEOUT=str(SERVER_TIMEOUT),
+    )
     (tmp_path / "prelude.sh").write_text(_PRELUDE)
     timings, queued, n = [], False, 1
     for block in bash_blocks(ROOT / doc):
@@ -373,8 +409,14 @@ def test_doc_commands_run_as_typed(doc, tmp_path):
         t0 = time.monotonic()
         # output to a file, not a pipe: queue workers inherit it and outlive the block
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(["bash", str(path)], cwd=proj.path, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", str(path)],
+                cwd=proj.path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 rc = proc.wait(timeout=BLOCK_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -398,15 +440,23 @@ def test_doc_commands_run_as_typed(doc, tmp_path):
     print("\n".join(report))
 
 
-@pytest.mark.parametrize("text, ok", [
-    ("true\nfalse && true\ntrue\n", False),        # set -e would let a failing && list pass
-    ("x=$(false)\n", False),                        # an assignment's status is its command's
-    ("x=1\n[ \"$x\" = 1 ]\n", True),                # variables live within a block
-    ("ls /nonexistent-dir\n", False),
-])
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ("true\nfalse && true\ntrue\n", False),  # set -e would let a failing && list pass
+        ("x=$(false)\n", False),  # an assignment's status is its command's
+        ('x=1\n[ "$x" = 1 ]\n', True),  # variables live within a block
+        ("ls /nonexistent-dir\n", False),
+    ],
+)
 def test_a_block_fails_on_any_failing_command(tmp_path, text, ok):
     (tmp_path / "prelude.sh").write_text(_PRELUDE)
     body, _ = script(Block("x.md", 1, "bash", text), 1)
-    res = subprocess.run(["bash", "-c", body], cwd=tmp_path, capture_output=True, text=True,
-                         env=dict(os.environ, HARNESS_PRELUDE=str(tmp_path / "prelude.sh")))
+    res = subprocess.run(
+        ["bash", "-c", body],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HARNESS_PRELUDE=str(tmp_path / "prelude.sh")),
+    )
     assert (res.returncode == 0) == ok, res.stderr

@@ -7,6 +7,7 @@ without backticks counts only when it is a number or a boolean (prose like "the 
 defaults" is left alone). params.yaml itself must hold the schema's defaults
 (test_params.py), so the docs, the file and the code cannot drift apart.
 """
+
 from __future__ import annotations
 
 import re
@@ -98,8 +99,11 @@ def test_the_docs_show_defaults_at_all():
 def test_each_shown_default_is_the_schemas(keys, cell):
     items = split_items(cell)
     stated = [(k, item_value(i)) for k, i in zip(keys, items)]
-    wrong = [f"{k}: docs say {v!r}, the schema {schema_default(k)!r}" for k, (is_value, v) in stated
-             if is_value and v != schema_default(k)]
+    wrong = [
+        f"{k}: docs say {v!r}, the schema {schema_default(k)!r}"
+        for k, (is_value, v) in stated
+        if is_value and v != schema_default(k)
+    ]
     assert not wrong, "; ".join(wrong)
 
 

@@ -1,4 +1,5 @@
 """dvc.yaml must declare exactly the code each stage runs, or DVC reruns too much or too little."""
+
 import subprocess
 import sys
 
@@ -87,9 +88,9 @@ def test_bytecode_is_ignored_by_dvc():
 @pytest.mark.parametrize("name", DATA_STAGES)
 def test_data_stages_do_not_import_torch(name):
     script = ROOT / _script(name)
-    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'stages')!r}); import runpy; "
-            f"runpy.run_path({str(script)!r}, run_name='probe'); print('torch' in sys.modules)")
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT / 'stages')!r}); import runpy; "
+        f"runpy.run_path({str(script)!r}, run_name='probe'); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", f"{name} imports torch (1-4 s of start-up for nothing)"
-
-

@@ -1,4 +1,5 @@
 """The data stages through the real dvc CLI: build, no-op, partial rerun, strict params."""
+
 import re
 
 import pytest

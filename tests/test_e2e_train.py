@@ -1,4 +1,5 @@
 """Train and evaluate through the real dvc CLI on a tiny archive: repro, experiments, resume."""
+
 import csv
 import json
 import os
@@ -79,8 +80,15 @@ def test_killed_training_resumes_to_the_same_metrics(tmp_path, archive):
 
     proj = make_project(tmp_path / "killed", archive, params)
     proj.dvc("repro", "stats")
-    p = subprocess.Popen(["dvc", "repro", "train"], cwd=proj.path, env=proj.env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        ["dvc", "repro", "train"],
+        cwd=proj.path,
+        env=proj.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     killed = False
     try:
         for line in p.stdout:
@@ -106,8 +114,10 @@ def test_killed_training_resumes_to_the_same_metrics(tmp_path, archive):
 
 def untimed_history(root) -> list[dict]:
     with open(root / "reports/train/history.csv") as f:
-        return [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
-                for row in csv.DictReader(f)]
+        return [
+            {k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
+            for row in csv.DictReader(f)
+        ]
 
 
 @pytest.mark.slow
@@ -116,8 +126,14 @@ def test_groups_list_and_clipping_through_dvc_exp_run(project):
     optimizer.groups list in Hydra syntax and train.clip as a mapping."""
     import yaml
 
-    res = project.dvc("exp", "run", "-S", "++optimizer.groups=[{kind: bias, weight_decay: 0}, {prefix: fc3, lr_mult: 10}]",
-                      "-S", "++train.clip={mode: norm, max: 1.0}")
+    res = project.dvc(
+        "exp",
+        "run",
+        "-S",
+        "++optimizer.groups=[{kind: bias, weight_decay: 0}, {prefix: fc3, lr_mult: 10}]",
+        "-S",
+        "++train.clip={mode: norm, max: 1.0}",
+    )
     assert "train" in project.ran(res), res.stdout
     params = yaml.safe_load((project.path / "params.yaml").read_text())
     assert params["optimizer"]["groups"] == [{"kind": "bias", "weight_decay": 0}, {"prefix": "fc3", "lr_mult": 10}]

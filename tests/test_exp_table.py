@@ -1,6 +1,7 @@
 """The DVC user's daily loop through the real `dvc`: a readable `dvc exp show`, each plot once,
 a baseline from the README's own flow, every params key rerunning exactly its readers, and
 training that is visible while it runs (`dvc exp show --json` polled during `dvc exp run`)."""
+
 from __future__ import annotations
 
 import copy
@@ -84,8 +85,10 @@ def test_every_params_key_reruns_exactly_the_stages_that_read_it(baseline):
     """Each key of the schema (params.yaml's and the defaults it leaves out), changed alone:
     `dvc status` must name exactly its section's readers. Stages declare whole sections, so a
     key params.yaml does not write (added with -S ++) counts too."""
-    declared = {name: set(stage.get("params", [])) for name, stage in
-                yaml.safe_load((baseline.path / "dvc.yaml").read_text())["stages"].items()}
+    declared = {
+        name: set(stage.get("params", []))
+        for name, stage in yaml.safe_load((baseline.path / "dvc.yaml").read_text())["stages"].items()
+    }
     assert {s for stages in READERS.values() for s in stages} <= set(declared)
     for section, stages in READERS.items():
         assert {n for n, secs in declared.items() if section in secs} == stages, section
@@ -98,8 +101,11 @@ def test_every_params_key_reruns_exactly_the_stages_that_read_it(baseline):
             set_dotted(changed, key, other_value(_get(raw, key, _get(defaults, key))))
             (baseline.path / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
             status = json.loads(baseline.dvc("status", "--json").stdout or "{}")
-            rerun = {name for name, why in status.items()
-                     if any(isinstance(w, dict) and "params.yaml" in (w.get("changed deps") or {}) for w in why)}
+            rerun = {
+                name
+                for name, why in status.items()
+                if any(isinstance(w, dict) and "params.yaml" in (w.get("changed deps") or {}) for w in why)
+            }
             expected = READERS[key.split(".")[0]]
             if rerun != expected:
                 wrong.append(f"{key}: reruns {sorted(rerun)}, expected {sorted(expected)}")
@@ -140,11 +146,20 @@ def test_exp_show_is_a_table_a_person_reads(baseline):
 def test_each_plot_is_drawn_once_with_a_title(baseline):
     shown = json.loads(baseline.dvc("plots", "show", "--json").stdout)["data"]
     vega = {pid: p[0]["content"] for pid, p in shown.items() if p and p[0].get("type") == "vega"}
-    titles = [c.get("title", {}).get("text") if isinstance(c.get("title"), dict) else c.get("title")
-              for c in vega.values()]
+    titles = [
+        c.get("title", {}).get("text") if isinstance(c.get("title"), dict) else c.get("title") for c in vega.values()
+    ]
     assert sorted(t for t in titles if t) == sorted(
-        ["Loss", "Accuracy", "Learning rate", "Confusion matrix (test split)", "Per-class F1 (test split)",
-         "Activation std per layer (each epoch)", "Gradient norm per layer"]), titles
+        [
+            "Loss",
+            "Accuracy",
+            "Learning rate",
+            "Confusion matrix (test split)",
+            "Per-class F1 (test split)",
+            "Activation std per layer (each epoch)",
+            "Gradient norm per layer",
+        ]
+    ), titles
     assert not any(pid.startswith("dvc.yaml::") for pid in vega), list(vega)  # no stage plot drawn twice
     assert all(t for t in titles), list(vega)
 
@@ -169,13 +184,22 @@ def test_training_is_visible_while_it_runs(tmp_path, how):
     """`dvc exp show --json`, polled at most every 0.5 s as DVC's VS Code extension does, shows
     the running experiment's metrics epoch by epoch, marked complete only at the end: in the
     workspace, and in a --temp run's copy (which DVC reads while it runs)."""
-    params = dict(TINY, **{"model.name": "cifarlab.resnet8", "model.cifarlab.resnet8.width": 48,
-                           "train.epochs": 4, "train.batch_size": 32, "train.amp": False})
+    params = dict(
+        TINY,
+        **{
+            "model.name": "cifarlab.resnet8",
+            "model.cifarlab.resnet8.width": 48,
+            "train.epochs": 4,
+            "train.batch_size": 32,
+            "train.amp": False,
+        },
+    )
     proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=200), params)
     proj.dvc("repro", "stats")
     proj.commit("data stages")
-    run = subprocess.Popen(["dvc", *how], cwd=proj.path, env=proj.env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        ["dvc", *how], cwd=proj.path, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen: list[tuple[int, bool]] = []
     try:
         while run.poll() is None:
@@ -188,14 +212,18 @@ def test_training_is_visible_while_it_runs(tmp_path, how):
         output = run.communicate(timeout=600)[0]
     assert run.returncode == 0, output
     assert len({epoch for epoch, _ in seen}) >= 2, f"saw {seen} while training; output:\n{output}"
-    seconds = [float(line.split(" s, ")[0].rsplit(" ", 1)[1]) for line in output.splitlines()
-               if line.startswith("epoch ") and " s, " in line]
+    seconds = [
+        float(line.split(" s, ")[0].rsplit(" ", 1)[1])
+        for line in output.splitlines()
+        if line.startswith("epoch ") and " s, " in line
+    ]
     assert seconds and min(seconds) >= 3.0, f"epochs too short to test live polling: {seconds}"
 
 
 def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere(tmp_path):
-    proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=10),
-                        dict(TINY, **{"train.epochs": 2}))
+    proj = make_project(
+        tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=10), dict(TINY, **{"train.epochs": 2})
+    )
     proj.dvc("repro", "stats")
     cmd = yaml.safe_load((proj.path / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
     # on a pseudo-terminal: tqdm's bar (carriage returns, steps, images/s and the running loss)
@@ -206,7 +234,6 @@ def test_progress_bar_on_a_terminal_and_plain_lines_elsewhere(tmp_path):
     plain = proj.run("bash", "-c", cmd)
     assert "\r" not in plain.stdout + plain.stderr and "img/s, loss" not in plain.stdout + plain.stderr
     assert sum(line.startswith("epoch ") for line in plain.stdout.splitlines()) == 2, plain.stdout
-
 
 
 def run_on_a_terminal(cmd: list[str], *, cwd: Path, env: dict) -> tuple[str, int]:

@@ -6,6 +6,7 @@ The PyTorch reference is the way predict and the card's snippet feed a model (lo
 then build_transform per image), not the export's own wrapper, so a wrong graph transform
 would show.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,30 @@ from cifarlab.pipeline.export import ExportError, export_onnx, probe_images, run
 STATS = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616]}
 
 
-def make_model_file(path: Path, name: str = "cifarlab.resnet8", kwargs: dict | None = None,
-                    eval_transforms: list | None = None, model: torch.nn.Module | None = None,
-                    stats: dict = STATS) -> Path:
+def make_model_file(
+    path: Path,
+    name: str = "cifarlab.resnet8",
+    kwargs: dict | None = None,
+    eval_transforms: list | None = None,
+    model: torch.nn.Module | None = None,
+    stats: dict = STATS,
+) -> Path:
     torch.manual_seed(0)
     kwargs = {"width": 8} if kwargs is None and name == "cifarlab.resnet8" else (kwargs or {})
     model = model or build_model(name, kwargs, num_classes=10)
     model = model.to(memory_format=torch.channels_last)  # as train saves conv nets
-    save_model(path, model, name=name, kwargs=kwargs, classes=CLASSES, normalize=stats,
-               eval_transforms=eval_transforms or [{"Normalize": {}}], channels_last=True, epoch=1, valid_acc=0.1)
+    save_model(
+        path,
+        model,
+        name=name,
+        kwargs=kwargs,
+        classes=CLASSES,
+        normalize=stats,
+        eval_transforms=eval_transforms or [{"Normalize": {}}],
+        channels_last=True,
+        epoch=1,
+        valid_acc=0.1,
+    )
     return path
 
 
@@ -44,7 +60,7 @@ def reference_logits(model_path: Path, images: np.ndarray) -> np.ndarray:
     transform = build_transform(meta["eval_transforms"], "augment.eval", meta["normalize"])
     out = []
     for start in range(0, len(images), 500):
-        x = torch.stack([transform(torch.from_numpy(img)) for img in images[start:start + 500]])
+        x = torch.stack([transform(torch.from_numpy(img)) for img in images[start : start + 500]])
         out.append(model(x.contiguous(memory_format=torch.channels_last)).float().numpy())
     return np.concatenate(out)
 
@@ -86,13 +102,17 @@ def test_cli_export_writes_the_same_graph(tmp_path, capsys):
     assert cli(["export", "--model", str(model), "--out", str(tmp_path / "cli.onnx")]) == 0
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
     images = probe_images(8).numpy()
-    np.testing.assert_allclose(run_onnx(tmp_path / "cli.onnx", images), reference_logits(model, images),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        run_onnx(tmp_path / "cli.onnx", images), reference_logits(model, images), atol=1e-4, rtol=0
+    )
 
 
 def test_multicrop_is_refused_in_one_line(tmp_path, capsys):
-    model = make_model_file(tmp_path / "model.pt", "tutorial.net",
-                            eval_transforms=[{"Resize": {"size": 36}}, {"FiveCrop": {"size": 32}}, {"Normalize": {}}])
+    model = make_model_file(
+        tmp_path / "model.pt",
+        "tutorial.net",
+        eval_transforms=[{"Resize": {"size": 36}}, {"FiveCrop": {"size": 32}}, {"Normalize": {}}],
+    )
     out = tmp_path / "model.onnx"
     with pytest.raises(ExportError, match=r"average 5 crops per image \(augment.eval FiveCrop\)"):
         export_onnx(model, out)
@@ -150,7 +170,7 @@ def test_onnx_on_the_real_test_images(tmp_path, real_archive):
         export_onnx(path, out, log=lambda *_: None)
         subset = images if name == "tutorial.net" else images[:1000]
         expected = reference_logits(path, subset)
-        got = np.concatenate([run_onnx(out, subset[i:i + 1000]) for i in range(0, len(subset), 1000)])
+        got = np.concatenate([run_onnx(out, subset[i : i + 1000]) for i in range(0, len(subset), 1000)])
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
         assert (got.argmax(1) == expected.argmax(1)).all(), f"{name}: top-1 differs"
         if model is not None:

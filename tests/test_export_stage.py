@@ -4,6 +4,7 @@ card's numbers are the reports', and the README's blocks (predict, export, the a
 commands) run as typed. `dvc artifacts get` fetches the registered model from a fresh clone
 (a local git URL, no DVC cache) through the project's real local DVC remote.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,20 @@ def bash_blocks(heading: str) -> list[str]:
     """The ```bash blocks of README.md's section `heading` (up to the next heading)."""
     text = (ROOT / "README.md").read_text()
     start = text.index(f"\n{heading}\n")
-    end = re.search(r"\n#{2,3} ", text[start + len(heading) + 2:])
-    section = text[start: start + len(heading) + 2 + (end.start() if end else len(text))]
+    end = re.search(r"\n#{2,3} ", text[start + len(heading) + 2 :])
+    section = text[start : start + len(heading) + 2 + (end.start() if end else len(text))]
     return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
 
 
 def run_block(proj: Project, block: str) -> subprocess.CompletedProcess:
-    res = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=proj.path, env=proj.env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=proj.path,
+        env=proj.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, f"{block}\nfailed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
     return res
 
@@ -56,7 +63,9 @@ def proj(top) -> Project:
 def test_repro_writes_the_onnx_file_and_the_card(proj):
     root = proj.path
     assert sorted(p.name for p in (root / "export").iterdir() if p.name != ".gitignore") == [
-        "MODEL_CARD.md", "model.onnx"]
+        "MODEL_CARD.md",
+        "model.onnx",
+    ]
     card = (root / "export/MODEL_CARD.md").read_text()
     report = json.loads((root / "reports/eval/report.json").read_text())
     timing = json.loads((root / "reports/train/timing.json").read_text())
@@ -68,8 +77,15 @@ def test_repro_writes_the_onnx_file_and_the_card(proj):
     for cls, s in report["per_class"].items():
         assert f"| {cls} | {100 * s['precision']:.2f}% | {100 * s['recall']:.2f}% | {100 * s['f1']:.2f}% |" in card
     assert timing["device"].startswith("cpu") and f"on {timing['device']}." in card
-    for section in ("## Model", "## Params that made it", "## Data", "## Test metrics", "## Training",
-                    "## How to use it", "## Limits"):
+    for section in (
+        "## Model",
+        "## Params that made it",
+        "## Data",
+        "## Test metrics",
+        "## Training",
+        "## How to use it",
+        "## Limits",
+    ):
         assert f"\n{section}\n" in card
     assert "name: tutorial.net" in card and f"lr: {TINY['optimizer.lr']}" in card
     assert f"{(root / 'export/model.onnx').stat().st_size:,} bytes" in card

@@ -1,4 +1,5 @@
 """get-archive: download (a file:// URL stands in for the network), copy, md5, params rewrite."""
+
 import hashlib
 import subprocess
 
@@ -51,11 +52,14 @@ def test_copy_from_and_existing(tmp_path, arc):
 
 def test_set_params_md5_keeps_comments(tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text("seed: 0\n\ndata:\n  archive: a.tar.gz   # here\n  md5: c58f30108f718f92721af3b95e74349a   # official\n"
-                 "other:\n  md5: keep\n")
+    p.write_text(
+        "seed: 0\n\ndata:\n  archive: a.tar.gz   # here\n  md5: c58f30108f718f92721af3b95e74349a   # official\n"
+        "other:\n  md5: keep\n"
+    )
     set_params_md5(p, "f" * 32)
-    assert p.read_text() == ("seed: 0\n\ndata:\n  archive: a.tar.gz   # here\n  md5: " + "f" * 32 + "   # official\n"
-                             "other:\n  md5: keep\n")
+    assert p.read_text() == (
+        "seed: 0\n\ndata:\n  archive: a.tar.gz   # here\n  md5: " + "f" * 32 + "   # official\nother:\n  md5: keep\n"
+    )
     set_params_md5(p, None)
     assert "  md5: null   # official" in p.read_text()
 

@@ -1,4 +1,5 @@
 """model.pretrained and model.freeze: safe loading by name and shape, freezing by prefix."""
+
 from __future__ import annotations
 
 import os
@@ -167,7 +168,9 @@ def test_create_model_finetune_recipe(tmp_path):
     source = build_model("tutorial.net", num_classes=100)
     path = _saved(tmp_path, {"model": source.state_dict()})
     lines: list[str] = []
-    params = parse_params({"model": {"name": "tutorial.net", "pretrained": str(path), "freeze": ["conv1", "conv2"]}}).model
+    params = parse_params(
+        {"model": {"name": "tutorial.net", "pretrained": str(path), "freeze": ["conv1", "conv2"]}}
+    ).model
     model = create_model(params, log=lines.append)
     assert any(line.startswith(f"pretrained: {path}: loaded 8 tensors; skipped 2") for line in lines)
     assert any(line.startswith("freeze: 4 tensors") for line in lines)

@@ -1,4 +1,5 @@
 """model.init: every torch.nn.init method, applied through params, gives its statistic."""
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,9 @@ def test_default_keeps_pytorch_init(zoo):
 def test_constant_everywhere_and_biases_zeroed(zoo):
     lines = apply_init(
         zoo,
-        _init(conv=_one("constant_", val=0.25), linear=_one("constant_", val=-1.5),
-              batchnorm=_one("constant_", val=2.0)),
+        _init(
+            conv=_one("constant_", val=0.25), linear=_one("constant_", val=-1.5), batchnorm=_one("constant_", val=2.0)
+        ),
     )
     assert torch.all(zoo.conv.weight == 0.25) and torch.all(zoo.conv.bias == 0)
     assert torch.all(zoo.conv1d.weight == 0.25) and torch.all(zoo.deconv.weight == 0.25)
@@ -137,8 +139,11 @@ def test_the_shipped_params_choices_apply():
     """params.yaml's sample arguments (under kaiming_normal_, normal_, constant_) work as written."""
     torch.manual_seed(0)
     raw = {
-        "conv": {"name": "kaiming_normal_", "kaiming_normal_": {"mode": "fan_out", "nonlinearity": "relu"},
-                 "xavier_normal_": {"gain": 1.0}},
+        "conv": {
+            "name": "kaiming_normal_",
+            "kaiming_normal_": {"mode": "fan_out", "nonlinearity": "relu"},
+            "xavier_normal_": {"gain": 1.0},
+        },
         "linear": {"name": "normal_", "normal_": {"mean": 0.0, "std": 0.01}},
         "batchnorm": {"name": "constant_", "constant_": {"val": 1.0}},
     }
@@ -156,9 +161,21 @@ def test_the_shipped_params_choices_apply():
         ({"conv": {"name": "sparse_", "sparse_": {"sparsity": 0.5}}}, "model.init.conv.name", "2-D"),
         ({"batchnorm": {"name": "xavier_uniform_"}}, "model.init.batchnorm.name", "1-D"),
         ({"batchnorm": {"name": "orthogonal_"}}, "model.init.batchnorm.name", "1-D"),
-        ({"conv": _one("kaiming_normal_", mode="fan_out", nonlin="relu")}, "model.init.conv.kaiming_normal_.nonlin", "unknown argument"),
-        ({"conv": _one("kaiming_normal_", mode="fan_sideways")}, "model.init.conv.kaiming_normal_.mode", "fan_sideways"),
-        ({"conv": _one("kaiming_normal_", nonlinearity="swish")}, "model.init.conv.kaiming_normal_.nonlinearity", "swish"),
+        (
+            {"conv": _one("kaiming_normal_", mode="fan_out", nonlin="relu")},
+            "model.init.conv.kaiming_normal_.nonlin",
+            "unknown argument",
+        ),
+        (
+            {"conv": _one("kaiming_normal_", mode="fan_sideways")},
+            "model.init.conv.kaiming_normal_.mode",
+            "fan_sideways",
+        ),
+        (
+            {"conv": _one("kaiming_normal_", nonlinearity="swish")},
+            "model.init.conv.kaiming_normal_.nonlinearity",
+            "swish",
+        ),
         ({"linear": _one("xavier_uniform_", gain="swish")}, "model.init.linear.xavier_uniform_.gain", "nonlinearity"),
         ({"linear": _one("xavier_uniform_", gain=2.0, param=0.1)}, "model.init.linear.xavier_uniform_.param", "gain"),
         ({"linear": {"name": "sparse_"}}, "model.init.linear.sparse_.sparsity", "required"),

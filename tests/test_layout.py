@@ -4,6 +4,7 @@ Each top-level part of src/cifarlab (a folder or a module) may import the parts 
 it, and anything inside itself. A new part must be added here, which is the moment to decide
 where it sits.
 """
+
 import ast
 from pathlib import Path
 
@@ -29,8 +30,10 @@ ALLOWED: dict[str, set[str]] = {
     "gather": BASE,
     "predict": BASE | {"artifact", "engine", "augment", "models", "data"},
     "lr_find": BASE | {"engine", "optim", "augment", "models", "data"},
-    "pipeline": BASE | {"stage", "artifact", "engine", "optim", "augment", "models", "viz", "data", "archive", "register"},
-    "cli": BASE | {"archive", "gather", "predict", "lr_find", "pipeline", "artifact", "engine", "models", "augment", "data"},
+    "pipeline": BASE
+    | {"stage", "artifact", "engine", "optim", "augment", "models", "viz", "data", "archive", "register"},
+    "cli": BASE
+    | {"archive", "gather", "predict", "lr_find", "pipeline", "artifact", "engine", "models", "augment", "data"},
     "__main__": {"cli"},
 }
 STAGE_SCRIPTS_MAY_IMPORT = {"pipeline", "params", "stage"}
@@ -45,7 +48,8 @@ def _part(module: str) -> str:
 
 def _parts_of_package() -> set[str]:
     return {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"} | {
-        p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+        p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()
+    }
 
 
 def _modules() -> list[Path]:
@@ -67,8 +71,9 @@ def test_imports_go_down(path):
 
 def test_only_register_imports_the_user_package():
     """cifarlab reaches your code one way: cifarlab.register imports it when a name is resolved."""
-    users = {p.relative_to(ROOT).as_posix() for p in _modules()
-             if any(m.split(".")[0] == USER.name for m in imports(p))}
+    users = {
+        p.relative_to(ROOT).as_posix() for p in _modules() if any(m.split(".")[0] == USER.name for m in imports(p))
+    }
     assert users == {"src/cifarlab/register.py"}, users
 
 
@@ -79,8 +84,11 @@ def test_the_user_package_imports_only_components(path):
 
 
 def test_only_stages_and_cli_import_pipeline():
-    users = {p.relative_to(ROOT).as_posix() for p in _modules()
-             if any(_part(m) == "pipeline" for m in imports(p)) and "pipeline" not in p.parts}
+    users = {
+        p.relative_to(ROOT).as_posix()
+        for p in _modules()
+        if any(_part(m) == "pipeline" for m in imports(p)) and "pipeline" not in p.parts
+    }
     assert users <= {"src/cifarlab/cli.py"}, users
 
 
@@ -90,8 +98,11 @@ def test_stage_scripts_are_thin(script):
     parts = {_part(m) for m in imports(script)}
     assert parts <= STAGE_SCRIPTS_MAY_IMPORT, (script.name, parts)
     assert f"cifarlab.pipeline.{script.stem}" in imports(script) or any(
-        m.startswith(f"cifarlab.pipeline.{script.stem}") for m in imports(script)), script.name
-    assert len(script.read_text().splitlines()) <= 45, f"{script.name}: move logic to cifarlab.pipeline"
+        m.startswith(f"cifarlab.pipeline.{script.stem}") for m in imports(script)
+    ), script.name
+    # statements, not lines: the formatter spreads one add_argument call over several lines
+    statements = sum(isinstance(n, ast.stmt) for n in ast.walk(ast.parse(script.read_text())))
+    assert statements <= 25, f"{script.name}: {statements} statements; move logic to cifarlab.pipeline"
 
 
 def test_the_rule_catches_an_upward_import(tmp_path):
@@ -165,12 +176,16 @@ def test_the_function_rules_catch_a_planted_violation(tmp_path):
     the same code within the rules is not."""
     probe = tmp_path / "probe.py"
     body = "".join(f"    x{i} = {i}\n" for i in range(80))
-    probe.write_text(f"def long():\n{body}\n\ndef wide(a, b, c, d, e, f):\n    pass\n\n\n"
-                     "def lazy():\n    import json\n\n    return json\n")
+    probe.write_text(
+        f"def long():\n{body}\n\ndef wide(a, b, c, d, e, f):\n    pass\n\n\n"
+        "def lazy():\n    import json\n\n    return json\n"
+    )
     found = _too_long_or_wide([probe])
     assert any("long (81 lines)" in f for f in found) and any("wide (a, b, c, d, e, f)" in f for f in found)
     assert [f.split(" ", 1)[1] for f in _unexplained_local_imports([probe])] == ["lazy: line 89 `import json`"]
     short = "".join(f"    x{i} = {i}\n" for i in range(79))
-    probe.write_text(f"def short():\n{short}\n\ndef narrow(a, b, c, d, e, *, f):\n    pass\n\n\n"
-                     "def lazy():\n    # lazy: a reason\n    import json\n    import os\n\n    return json, os\n")
+    probe.write_text(
+        f"def short():\n{short}\n\ndef narrow(a, b, c, d, e, *, f):\n    pass\n\n\n"
+        "def lazy():\n    # lazy: a reason\n    import json\n    import os\n\n    return json, os\n"
+    )
     assert _too_long_or_wide([probe]) == [] and _unexplained_local_imports([probe]) == []

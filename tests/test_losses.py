@@ -1,4 +1,5 @@
 """Losses: every supported name trains, the numbers match the formulas, bad values explain."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """cifarlab lr-find: the LR range test on a tiny data tree, through the real CLI."""
+
 import json
 import os
 
@@ -31,14 +32,28 @@ def test_lr_find_writes_its_own_folder_and_prints_the_command(tree, tmp_path, ca
     import yaml
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"model": {"name": "tutorial.net"}, "train": {"batch_size": 8},
-                                      "runtime": {"threads": 1}}))
+    params.write_text(
+        yaml.safe_dump({"model": {"name": "tutorial.net"}, "train": {"batch_size": 8}, "runtime": {"threads": 1}})
+    )
     before = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*"))
     cwd = os.getcwd()
     os.chdir(tree)
     try:
-        rc = main(["lr-find", "--params", str(params), "--out", str(tmp_path / "lrf"), "--steps", "40",
-                   "--start", "1e-4", "--end", "10"])
+        rc = main(
+            [
+                "lr-find",
+                "--params",
+                str(params),
+                "--out",
+                str(tmp_path / "lrf"),
+                "--steps",
+                "40",
+                "--start",
+                "1e-4",
+                "--end",
+                "10",
+            ]
+        )
     finally:
         os.chdir(cwd)
     assert rc == 0

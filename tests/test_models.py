@@ -1,4 +1,5 @@
 """Models: every tutorial.* and cifarlab.* net trains a step; names and arguments are checked."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -86,8 +87,19 @@ def test_tutorial_nets_are_the_same_lenet():
         names = dict(model.named_parameters())
         for layer in ("conv1", "conv2", "fc1", "fc2", "fc3"):
             assert f"{layer}.weight" in names
-    assert {n for n, _ in nets[0].named_children()} == {"conv1", "pool1", "conv2", "pool2", "fc1", "fc2", "fc3",
-                                                        "act1", "act2", "act3", "act4"}
+    assert {n for n, _ in nets[0].named_children()} == {
+        "conv1",
+        "pool1",
+        "conv2",
+        "pool2",
+        "fc1",
+        "fc2",
+        "fc3",
+        "act1",
+        "act2",
+        "act3",
+        "act4",
+    }
     assert "0.weight" in dict(nets[1].named_parameters())
     # Same weights in, same logits out: the three spellings compute the same function.
     nets[1].load_state_dict(dict(zip(nets[1].state_dict(), nets[0].state_dict().values())))
@@ -103,8 +115,11 @@ class _SeedBlock(nn.Module):
     def __init__(self, cin, cout, stride=1, shortcut=None):
         super().__init__()
         self.left = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.right = shortcut
 
@@ -114,8 +129,9 @@ class _SeedResNet34(nn.Module):
 
     def __init__(self, num_classes=10):
         super().__init__()
-        self.pre = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                 nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        self.pre = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        )
         stages = [(64, 128, 3, 1), (128, 256, 4, 2), (256, 512, 6, 2), (512, 512, 3, 2)]
         for i, (cin, cout, n, stride) in enumerate(stages, 1):
             short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
@@ -279,8 +295,15 @@ def test_tutorial_nets_take_an_activation_by_name(name, act):
     _train_step(model)
 
 
-@pytest.mark.parametrize("act, words", [("GLU", "halves a dimension"), ("Softmax", "normalizes"),
-                                        ("Threshold", "needs arguments"), ("Relu", "unknown activation")])
+@pytest.mark.parametrize(
+    "act, words",
+    [
+        ("GLU", "halves a dimension"),
+        ("Softmax", "normalizes"),
+        ("Threshold", "needs arguments"),
+        ("Relu", "unknown activation"),
+    ],
+)
 def test_bad_activation_is_one_clear_error(act, words):
     with pytest.raises(ParamsError) as err:
         check_model(_model(name="tutorial.net", tutorial={"net": {"activation": act}}))

@@ -1,4 +1,5 @@
 """torchvision.*: every classification model gives 10 logits for 32x32 inputs; nothing downloads."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Optimizers: every torch.optim class trains a tiny model; groups, switching and errors."""
+
 import math
 
 import pytest
@@ -69,7 +70,8 @@ def _train_step(model, optimizer, x):
 def test_discovers_every_torch_optimizer():
     found = optimizer_classes()
     exported = {
-        n for n in dir(torch.optim)
+        n
+        for n in dir(torch.optim)
         if isinstance(getattr(torch.optim, n), type)
         and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
         and n != "Optimizer"
@@ -136,9 +138,7 @@ def test_frozen_parameters_are_left_out():
 
 def test_first_matching_prefix_wins():
     model = Net()
-    groups = param_groups(
-        model, _opt(groups=[{"prefix": "fc3.weight", "lr_mult": 2}, {"prefix": "fc3", "lr_mult": 5}])
-    )
+    groups = param_groups(model, _opt(groups=[{"prefix": "fc3.weight", "lr_mult": 2}, {"prefix": "fc3", "lr_mult": 5}]))
     assert [p is model.fc3.weight for p in groups[1]["params"]] == [True]
     assert [p is model.fc3.bias for p in groups[2]["params"]] == [True]
 
@@ -186,8 +186,11 @@ GROUPINGS = [
     [{"prefix": "fc3", "lr_mult": 10}],
     [{"kind": "bias", "weight_decay": 0}],
     [{"kind": "bias", "weight_decay": 0}, {"kind": "norm", "weight_decay": 0}],
-    [{"prefix": "layer4", "kind": "bias", "lr": 0.5}, {"kind": "norm", "momentum": 0.5},
-     {"prefix": "fc", "lr_mult": 3}],
+    [
+        {"prefix": "layer4", "kind": "bias", "lr": 0.5},
+        {"kind": "norm", "momentum": 0.5},
+        {"prefix": "fc", "lr_mult": 3},
+    ],
     [{"kind": "norm", "weight_decay": 0}, {"prefix": "layer1", "lr_mult": 0.5}, {"kind": "bias"}],
 ]
 
@@ -215,10 +218,15 @@ def test_every_parameter_lands_in_exactly_one_group(model_name, groups):
 
 
 def test_kinds_bias_and_norm_with_their_own_arguments():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LayerNorm(8),
-                          nn.Linear(8, 3, bias=False))
-    params = _opt(lr=0.1, momentum=0.9, weight_decay=5e-4,
-                  groups=[{"kind": "bias", "weight_decay": 0}, {"kind": "norm", "weight_decay": 0, "lr": 0.2}])
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LayerNorm(8), nn.Linear(8, 3, bias=False)
+    )
+    params = _opt(
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        groups=[{"kind": "bias", "weight_decay": 0}, {"kind": "norm", "weight_decay": 0, "lr": 0.2}],
+    )
     optimizer = build_optimizer(params, model)
     rest, bias, norm = optimizer.param_groups
     assert [p is model[0].weight or p is model[4].weight for p in rest["params"]] == [True, True]
@@ -239,14 +247,17 @@ def test_a_group_sets_any_argument_of_the_optimizer():
     _train_step(model, optimizer, torch.randn(4, 1, 4, 4))
 
 
-@pytest.mark.parametrize("group, key, words", [
-    ({"prefix": "fc3", "lr_mul": 10}, "optimizer.groups.0.lr_mul", "unknown argument of SGD"),
-    ({"prefix": "fc3", "betas": [0.9, 0.99]}, "optimizer.groups.0.betas", "unknown argument of SGD"),
-    ({"prefix": "fc3", "momentum": "high"}, "optimizer.groups.0.momentum", "a finite number"),
-    ({"prefix": "fc3", "params": ["x"]}, "optimizer.groups.0.params", "cannot be set here"),
-    ({"prefix": "fc3", "momentum": -1.0}, "optimizer.groups.0", "Invalid momentum"),
-    ({"kind": "bias", "weight_decay": -1}, "optimizer.groups.0", "Invalid weight_decay"),
-])
+@pytest.mark.parametrize(
+    "group, key, words",
+    [
+        ({"prefix": "fc3", "lr_mul": 10}, "optimizer.groups.0.lr_mul", "unknown argument of SGD"),
+        ({"prefix": "fc3", "betas": [0.9, 0.99]}, "optimizer.groups.0.betas", "unknown argument of SGD"),
+        ({"prefix": "fc3", "momentum": "high"}, "optimizer.groups.0.momentum", "a finite number"),
+        ({"prefix": "fc3", "params": ["x"]}, "optimizer.groups.0.params", "cannot be set here"),
+        ({"prefix": "fc3", "momentum": -1.0}, "optimizer.groups.0", "Invalid momentum"),
+        ({"kind": "bias", "weight_decay": -1}, "optimizer.groups.0", "Invalid weight_decay"),
+    ],
+)
 def test_bad_group_arguments_name_the_key(group, key, words):
     with pytest.raises(ParamsError) as err:
         check_optimizer(_opt(groups=[group]))

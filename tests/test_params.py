@@ -1,4 +1,5 @@
 """params.yaml is strict: every typo and bad value is one ParamsError naming the key."""
+
 import copy
 from pathlib import Path
 
@@ -35,12 +36,14 @@ def test_params_yaml_holds_the_schema_defaults():
 
 def test_params_yaml_holds_only_the_knobs():
     """Each key of params.yaml is a column of `dvc exp show`: at most 30 of them."""
+
     def leaves(d, prefix=""):
         for k, v in d.items():
             if isinstance(v, dict) and v:
                 yield from leaves(v, f"{prefix}{k}.")
             else:
                 yield prefix + k
+
     keys = list(leaves(RAW))
     assert len(keys) <= 30, keys
     assert "runtime" not in RAW and "fetch" not in RAW  # never-retrain and download settings stay out
@@ -56,37 +59,40 @@ def test_argument_sections_merge_over_their_defaults():
     assert parse_params({}).model_dump() == Params().model_dump()  # an empty file is the defaults
 
 
-@pytest.mark.parametrize("path, value, key, words", [
-    ("split.sed", 3, "split.sed", "unknown key"),
-    ("sed", 3, "sed", "unknown key"),
-    ("train.epochz", 3, "train.epochz", "unknown key"),
-    ("split.train", -0.1, "split.train", "greater than or equal to 0"),
-    ("split.train", 0.7, "split", "sum to 1"),
-    ("optimizer.lr", 0, "optimizer.lr", "greater than 0"),
-    ("optimizer.lr", "fast", "optimizer.lr", "valid number"),
-    ("train.epochs", 0, "train.epochs", "greater than or equal to 1"),
-    ("train.batch_size", 2.5, "train.batch_size", "integer"),
-    ("train.device", "tpu", "train.device", "auto, cpu"),
-    ("data.md5", "abc", "data.md5", "32 hexadecimal"),
-    ("data.batches", ["test_batch", "data_batch_9"], "data.batches", "data_batch_9"),
-    ("data.batches", [], "data.batches", "at least 1"),
-    ("data.batches", ["test_batch", "test_batch"], "data.batches", "twice"),
-    ("split.mode", "random", "split.mode", "ratio"),
-    ("optimizer.SGD", 0.9, "optimizer", "mapping of keyword arguments"),
-    ("model.resnet", {"x": {}}, "model", "cifarlab, tutorial, torchvision"),
-    ("augment.train", [{"RandomCrop": {}, "Pad": {}}], "augment.train", "one transform name"),
-    ("augment.backend", "gpu", "augment.backend", "tensor"),
-    ("optimizer.groups", [{"lr_mult": 10}], "optimizer.groups.0", "prefix"),
-    ("train.clip", {"mode": "norm", "max": None}, "train.clip.max", "must be a positive number"),
-    ("train.clip", {"mode": "value", "max": 0}, "train.clip.max", "must be a positive number"),
-    ("train.clip", {"mode": "norm", "max": -1.5}, "train.clip.max", "must be a positive number"),
-    ("train.clip", {"mode": "norm", "max": "big"}, "train.clip.max", "must be a positive number"),
-    ("train.clip", {"mode": "norm", "max": True}, "train.clip.max", "must be a positive number"),
-    ("train.clip", {"mode": "norm", "max": float("inf")}, "train.clip.max", "must be a positive number"),
-    ("train.clip", {"mode": "clamp", "max": 1}, "train.clip.mode", "'none', 'norm' or 'value'"),
-    ("optimizer.groups", [{"kind": "weights"}], "optimizer.groups.0.kind", "bias"),
-    ("optimizer.groups", [{"prefix": "fc3", "lr": 0.1, "lr_mult": 10}], "optimizer.groups.0", "not both"),
-])
+@pytest.mark.parametrize(
+    "path, value, key, words",
+    [
+        ("split.sed", 3, "split.sed", "unknown key"),
+        ("sed", 3, "sed", "unknown key"),
+        ("train.epochz", 3, "train.epochz", "unknown key"),
+        ("split.train", -0.1, "split.train", "greater than or equal to 0"),
+        ("split.train", 0.7, "split", "sum to 1"),
+        ("optimizer.lr", 0, "optimizer.lr", "greater than 0"),
+        ("optimizer.lr", "fast", "optimizer.lr", "valid number"),
+        ("train.epochs", 0, "train.epochs", "greater than or equal to 1"),
+        ("train.batch_size", 2.5, "train.batch_size", "integer"),
+        ("train.device", "tpu", "train.device", "auto, cpu"),
+        ("data.md5", "abc", "data.md5", "32 hexadecimal"),
+        ("data.batches", ["test_batch", "data_batch_9"], "data.batches", "data_batch_9"),
+        ("data.batches", [], "data.batches", "at least 1"),
+        ("data.batches", ["test_batch", "test_batch"], "data.batches", "twice"),
+        ("split.mode", "random", "split.mode", "ratio"),
+        ("optimizer.SGD", 0.9, "optimizer", "mapping of keyword arguments"),
+        ("model.resnet", {"x": {}}, "model", "cifarlab, tutorial, torchvision"),
+        ("augment.train", [{"RandomCrop": {}, "Pad": {}}], "augment.train", "one transform name"),
+        ("augment.backend", "gpu", "augment.backend", "tensor"),
+        ("optimizer.groups", [{"lr_mult": 10}], "optimizer.groups.0", "prefix"),
+        ("train.clip", {"mode": "norm", "max": None}, "train.clip.max", "must be a positive number"),
+        ("train.clip", {"mode": "value", "max": 0}, "train.clip.max", "must be a positive number"),
+        ("train.clip", {"mode": "norm", "max": -1.5}, "train.clip.max", "must be a positive number"),
+        ("train.clip", {"mode": "norm", "max": "big"}, "train.clip.max", "must be a positive number"),
+        ("train.clip", {"mode": "norm", "max": True}, "train.clip.max", "must be a positive number"),
+        ("train.clip", {"mode": "norm", "max": float("inf")}, "train.clip.max", "must be a positive number"),
+        ("train.clip", {"mode": "clamp", "max": 1}, "train.clip.mode", "'none', 'norm' or 'value'"),
+        ("optimizer.groups", [{"kind": "weights"}], "optimizer.groups.0.kind", "bias"),
+        ("optimizer.groups", [{"prefix": "fc3", "lr": 0.1, "lr_mult": 10}], "optimizer.groups.0", "not both"),
+    ],
+)
 def test_bad_values_name_the_key(path, value, key, words):
     with pytest.raises(ParamsError) as err:
         parse_params(with_change(path, value))
@@ -136,8 +142,13 @@ def test_presets_apply_through_dvc_exp_run_and_pass_every_check(name, tmp_path):
     from dvc_project import make_project
 
     proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=2))
-    res = subprocess.run(["bash", "-c", f"dvc exp run --queue -n {name} $(cat presets/{name}.args)"],
-                         cwd=proj.path, env=proj.env, capture_output=True, text=True)
+    res = subprocess.run(
+        ["bash", "-c", f"dvc exp run --queue -n {name} $(cat presets/{name}.args)"],
+        cwd=proj.path,
+        env=proj.env,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     queued = proj.run("git", "show", "refs/exps/celery/stash:params.yaml").stdout
     raw = yaml.safe_load(queued)

@@ -1,5 +1,6 @@
 """engine/progress.py: a bar on a terminal, nothing per step elsewhere (the pty test of the real
 stage is tests/test_exp_table.py::test_progress_bar_on_a_terminal_and_plain_lines_elsewhere)."""
+
 import io
 
 import torch

@@ -5,6 +5,7 @@ the lock-race pitfall of DVC issues 8417 and 10673: both experiments must succee
 `dvc exp show`, compared by `dvc plots diff`, and the best one picked by the block of
 docs/team.md, applied and branched. Also the documented one-worker-per-GPU recipe.
 """
+
 import json
 import re
 import subprocess
@@ -27,8 +28,9 @@ def sh(proj: Project, command: str, timeout: float = 180) -> str:
     (and this call blocked) until the last worker exits."""
     log = proj.path.parent / "sh.log"
     with open(log, "w") as out:
-        res = subprocess.run(["bash", "-c", command], cwd=proj.path, env=proj.env, stdout=out,
-                             stderr=subprocess.STDOUT, timeout=timeout)
+        res = subprocess.run(
+            ["bash", "-c", command], cwd=proj.path, env=proj.env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout
+        )
     text = log.read_text()
     assert res.returncode == 0, f"{command} failed ({res.returncode}):\n{text}"
     return text
@@ -80,7 +82,7 @@ def finished_experiments(proj: Project) -> dict[str, dict]:
 def docs_block(marker: str) -> str:
     """The first ```bash block after the line of docs/team.md that contains `marker`."""
     text = (ROOT / "docs/team.md").read_text()
-    after = text[text.index(marker):]
+    after = text[text.index(marker) :]
     return re.search(r"```bash\n(.*?)\n *```", after, re.S).group(1)
 
 
@@ -170,8 +172,10 @@ def test_pick_best_apply_and_branch_as_documented(sweep):
     lock = yaml.safe_load((proj.path / "dvc.lock").read_text())["stages"]
     models = next(o["md5"] for o in lock["train"]["outs"] if o["path"] == "models")
     assert models == best["outs"]["models"]["hash"]
-    assert json.loads((proj.path / "reports/eval/metrics.json").read_text()) == \
-        best["metrics"]["reports/eval/metrics.json"]["data"]
+    assert (
+        json.loads((proj.path / "reports/eval/metrics.json").read_text())
+        == best["metrics"]["reports/eval/metrics.json"]["data"]
+    )
     assert "Data and pipelines are up to date." in proj.dvc("status", "evaluate").stdout
     branch_params = yaml.safe_load(proj.run("git", "show", "sweep-best:params.yaml").stdout)
     assert branch_params["optimizer"]["lr"] == params["optimizer"]["lr"]
@@ -187,15 +191,28 @@ def test_one_worker_per_gpu_recipe(tmp_path):
     # each experiment holds its worker until the test releases it, so each worker takes exactly one
     release = tmp_path / "release"
     proj.env["RELEASE"] = str(release)
-    (proj.path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"s": {
-        "cmd": 'for i in $(seq 900); do [ -e "$RELEASE" ] && break; sleep 0.2; done; '
-               'echo "$CUDA_VISIBLE_DEVICES" > seen.txt',
-        "params": ["v"], "outs": ["seen.txt"]}}}))
+    (proj.path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "s": {
+                        "cmd": 'for i in $(seq 900); do [ -e "$RELEASE" ] && break; sleep 0.2; done; '
+                        'echo "$CUDA_VISIBLE_DEVICES" > seen.txt',
+                        "params": ["v"],
+                        "outs": ["seen.txt"],
+                    }
+                }
+            }
+        )
+    )
     proj.commit("toy")
     proj.dvc("exp", "run", "--queue", "-S", "v=1,2", "-n", "gpu")
     block = docs_block("one-job-per-GPU:")
-    starts = [line.split("#")[0].strip() for line in block.splitlines() if "dvc queue start" in line
-              or "until dvc queue status" in line]
+    starts = [
+        line.split("#")[0].strip()
+        for line in block.splitlines()
+        if "dvc queue start" in line or "until dvc queue status" in line
+    ]
     assert len(starts) == 3, block
     try:
         for cmd in starts:

@@ -1,4 +1,5 @@
 """The pipeline on the real 10,000 CIFAR-10 test images, through the real dvc CLI."""
+
 import hashlib
 import json
 
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(real_archive, tmp_path_factory):
     assert hashlib.md5(real_archive.read_bytes()).hexdigest() == TEST_ONLY_MD5
-    return make_project(tmp_path_factory.mktemp("real") / "proj", real_archive,
-                        {"train.epochs": 3, "train.histograms": False})
+    return make_project(
+        tmp_path_factory.mktemp("real") / "proj", real_archive, {"train.epochs": 3, "train.histograms": False}
+    )
 
 
 def test_real_archive_through_dvc_repro(project, real_archive):

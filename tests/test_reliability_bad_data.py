@@ -12,6 +12,7 @@ the case needs other params) in a built temp project, and checks the contract:
 The unit-level versions of many cases live in test_archive.py and test_data_stages.py; this
 file proves the same through the scripts DVC runs, and adds the cases those lack.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -83,11 +84,17 @@ def _archive(tmp: Path, kind: str, marker: Path) -> tuple[Path, dict]:
     elif kind == "dotdot-member":
         make_archive(path, per_class=2, extra_members=[(f"{ARCHIVE_ROOT}/../../evil.sh", {})])
     elif kind == "symlink-member":
-        make_archive(path, per_class=2, extra_members=[(f"{ARCHIVE_ROOT}/link", {"type": tarfile.SYMTYPE,
-                                                                              "linkname": "/etc/passwd"})])
+        make_archive(
+            path,
+            per_class=2,
+            extra_members=[(f"{ARCHIVE_ROOT}/link", {"type": tarfile.SYMTYPE, "linkname": "/etc/passwd"})],
+        )
     elif kind == "device-member":
-        make_archive(path, per_class=2, extra_members=[(f"{ARCHIVE_ROOT}/null", {"type": tarfile.CHRTYPE,
-                                                                              "devmajor": 1, "devminor": 3})])
+        make_archive(
+            path,
+            per_class=2,
+            extra_members=[(f"{ARCHIVE_ROOT}/null", {"type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3})],
+        )
     elif kind == "hostile-pickle":
         make_archive(path, per_class=2, overrides={"test_batch": _hostile_pickle(marker)})
     elif kind == "float-pixels":
@@ -144,8 +151,12 @@ def test_bad_archive_through_the_unpack_script(proj, tmp_path, kind, words):
 
 
 def test_split_with_an_empty_split_names_the_ratio(proj):
-    assert_fails_cleanly(proj, "split", "params.yaml: split.valid: the valid split would be empty",
-                         params={"split.train": 0.9, "split.valid": 0.0, "split.test": 0.1})
+    assert_fails_cleanly(
+        proj,
+        "split",
+        "params.yaml: split.valid: the valid split would be empty",
+        params={"split.train": 0.9, "split.valid": 0.0, "split.test": 0.1},
+    )
 
 
 def test_split_with_a_negative_seed_is_a_params_error(proj):
@@ -180,11 +191,14 @@ def test_split_with_a_stray_file_in_the_png_tree(proj):
         stray.unlink()
 
 
-@pytest.mark.parametrize("kind, words", [
-    ("corrupt-line", ["data/split.md5:3: not an 'md5  path' line"]),
-    ("unknown-class", ["data/split.md5: unexpected entry 'train/zebra/zebra_1.png'; rerun the split stage"]),
-    ("missing", ["data/split.md5: missing; run the stage that writes split"]),
-])
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("corrupt-line", ["data/split.md5:3: not an 'md5  path' line"]),
+        ("unknown-class", ["data/split.md5: unexpected entry 'train/zebra/zebra_1.png'; rerun the split stage"]),
+        ("missing", ["data/split.md5: missing; run the stage that writes split"]),
+    ],
+)
 def test_index_with_a_bad_split_manifest(proj, kind, words):
     """The index stage lists what the split manifest (data/split.md5) records, DVC's dependency."""
     manifest = proj.path / "data/split.md5"
@@ -193,7 +207,9 @@ def test_index_with_a_bad_split_manifest(proj, kind, words):
     manifest.unlink()
     try:
         if kind == "corrupt-line":
-            manifest.write_text("\n".join(lines[:2] + ["d41d8cd98f00b204e9800998ecf8427e data/oops"] + lines[2:]) + "\n")
+            manifest.write_text(
+                "\n".join(lines[:2] + ["d41d8cd98f00b204e9800998ecf8427e data/oops"] + lines[2:]) + "\n"
+            )
         elif kind == "unknown-class":
             manifest.write_text("\n".join(lines + ["d41d8cd98f00b204e9800998ecf8427e  train/zebra/zebra_1.png"]) + "\n")
         assert_fails_cleanly(proj, "index", *words)
@@ -216,7 +232,9 @@ def _break_image(target: Path, kind: str) -> None:
     elif kind == "jpeg-named-png":
         Image.new("RGB", (32, 32), (10, 20, 30)).save(target, format="JPEG")
     elif kind == "truncated":
-        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(target, format="PNG")
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            target, format="PNG"
+        )
         target.write_bytes(target.read_bytes()[:200])
     elif kind == "wrong-size":
         Image.new("RGB", (32, 31)).save(target, format="PNG")
@@ -269,10 +287,18 @@ def _with_index(proj: Project, text: str):
 
 INDEX_CASES = [
     ("bad-label", "{first}\ndata/split/train/cat/cat_0.png 10\n", "data/index/train.txt:2: label 10 is outside 0..9"),
-    ("word-label", "{first}\ndata/split/train/cat/cat_0.png cat\n", "data/index/train.txt:2: expected '<path> <label>'"),
+    (
+        "word-label",
+        "{first}\ndata/split/train/cat/cat_0.png cat\n",
+        "data/index/train.txt:2: expected '<path> <label>'",
+    ),
     ("no-label", "{first}\ndata/split/train/cat/cat_0.png\n", "data/index/train.txt:2: expected '<path> <label>'"),
     ("absolute-path", "{first}\n/etc/passwd 3\n", "data/index/train.txt:2: path '/etc/passwd' must be relative"),
-    ("outside-repo", "{first}\n../../outside.png 3\n", "data/index/train.txt:2: path '../../outside.png' must be relative"),
+    (
+        "outside-repo",
+        "{first}\n../../outside.png 3\n",
+        "data/index/train.txt:2: path '../../outside.png' must be relative",
+    ),
     ("only-blank-lines", "\n\n   \n", "data/index/train.txt: the index lists no images"),
 ]
 

@@ -8,6 +8,7 @@ validation and test indexes, visualize's layer and class names, and a diverging 
 Unit-level versions: test_finetune.py (weights files), test_train_loop.py (model file,
 broken image, NaN loss), test_viz_stage.py (a bad Grad-CAM layer).
 """
+
 from __future__ import annotations
 
 import os
@@ -79,8 +80,10 @@ def _weights(tmp: Path, kind: str, marker: Path) -> Path:
 
 
 WEIGHTS_CASES = [
-    ("hostile", ["refused: the file holds Python objects other than tensors", "nothing in it was run",
-                 "GLOBAL posix.system"]),
+    (
+        "hostile",
+        ["refused: the file holds Python objects other than tensors", "nothing in it was run", "GLOBAL posix.system"],
+    ),
     ("other-architecture", ["none of its", "tensors matches the model by name and shape"]),
     ("not-a-state-dict", ["not a state dict: holds list"]),
     ("truncated", ["not a PyTorch weights file"]),
@@ -110,15 +113,20 @@ def test_broken_validation_image_through_the_train_script(proj):
 def test_diverging_training_stops_and_keeps_the_previous_model(proj):
     # the TensorBoard run is written live, for `tensorboard --logdir` during training: a run that
     # fails after its first step leaves its own partial run there (documented in reliability.md)
-    assert_fails_cleanly(proj, "train", "the training loss became non-finite (NaN or inf) at epoch 1",
-                         "optimizer.lr", params={"optimizer.lr": 1e12, "scheduler.name": "none",
-                                                 "loss.CrossEntropyLoss": {}},
-                         outs=[o for o in stage_outs("train") if o != "reports/tensorboard/train"])
+    assert_fails_cleanly(
+        proj,
+        "train",
+        "the training loss became non-finite (NaN or inf) at epoch 1",
+        "optimizer.lr",
+        params={"optimizer.lr": 1e12, "scheduler.name": "none", "loss.CrossEntropyLoss": {}},
+        outs=[o for o in stage_outs("train") if o != "reports/tensorboard/train"],
+    )
 
 
 def test_unknown_model_name_through_the_train_script(proj):
-    assert_fails_cleanly(proj, "train", "params.yaml: model.name", "resnet9000",
-                         params={"model.name": "torchvision.resnet9000"})
+    assert_fails_cleanly(
+        proj, "train", "params.yaml: model.name", "resnet9000", params={"model.name": "torchvision.resnet9000"}
+    )
 
 
 def test_corrupt_stats_file_through_the_train_script(proj):
@@ -144,16 +152,22 @@ def _model_file(kind: str, marker: Path):
             path.write_bytes(path.read_bytes()[:400])
         elif kind == "empty":
             path.write_bytes(b"")
+
     return write
 
 
-DAMAGED = ("the model file is damaged ({}); rebuild it with `dvc repro train` (or `dvc repro -f train` if DVC "
-           "thinks it is up to date), or fetch the cached one with `dvc checkout train` or `dvc pull train`")
+DAMAGED = (
+    "the model file is damaged ({}); rebuild it with `dvc repro train` (or `dvc repro -f train` if DVC "
+    "thinks it is up to date), or fetch the cached one with `dvc checkout train` or `dvc pull train`"
+)
 
 MODEL_CASES = [
-    ("hostile", "not a cifarlab model file: refused, it holds Python objects other than tensors (a pickle "
-                "that could run code); torch.load(weights_only=True) rejected it and nothing in it was run "
-                "(Trying to load unsupported GLOBAL posix.system whose module posix is blocked.)"),
+    (
+        "hostile",
+        "not a cifarlab model file: refused, it holds Python objects other than tensors (a pickle "
+        "that could run code); torch.load(weights_only=True) rejected it and nothing in it was run "
+        "(Trying to load unsupported GLOBAL posix.system whose module posix is blocked.)",
+    ),
     ("plain-state-dict", "not a cifarlab model file (no 'format: cifarlab.model/1')"),
     ("truncated", DAMAGED.format("RuntimeError: PytorchStreamReader failed reading zip archive")),
     ("empty", DAMAGED.format("an empty file")),
@@ -169,17 +183,22 @@ def corrupt(path: Path, saved: bytes) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("stage, kind, words", [("evaluate", k, w) for k, w in MODEL_CASES]
-                         + [("visualize", *MODEL_CASES[0]), ("visualize", *MODEL_CASES[-1])],
-                         ids=[f"evaluate-{k}" for k, _ in MODEL_CASES] + ["visualize-hostile", "visualize-corrupt"])
+@pytest.mark.parametrize(
+    "stage, kind, words",
+    [("evaluate", k, w) for k, w in MODEL_CASES] + [("visualize", *MODEL_CASES[0]), ("visualize", *MODEL_CASES[-1])],
+    ids=[f"evaluate-{k}" for k, _ in MODEL_CASES] + ["visualize-hostile", "visualize-corrupt"],
+)
 def test_bad_model_file(proj, tmp_path, stage, kind, words):
     marker = tmp_path / "pwned"
     model = proj.path / "models/model.pt"
     original = model.read_bytes()
     saved = replace(model, (lambda p: corrupt(p, original)) if kind == "corrupt" else _model_file(kind, marker))
     try:
-        assert_fails_cleanly(proj, stage, "models/model.pt: " + words.split(" (")[0] if kind == "truncated"
-                             else "models/model.pt: " + words)
+        assert_fails_cleanly(
+            proj,
+            stage,
+            "models/model.pt: " + words.split(" (")[0] if kind == "truncated" else "models/model.pt: " + words,
+        )
     finally:
         restore(model, saved)
     assert not marker.exists(), "the hostile pickle ran"
@@ -220,8 +239,9 @@ VISUALIZE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("params, words", VISUALIZE_CASES, ids=[next(iter(p)) + str(i) for i, (p, _) in
-                                                               enumerate(VISUALIZE_CASES)])
+@pytest.mark.parametrize(
+    "params, words", VISUALIZE_CASES, ids=[next(iter(p)) + str(i) for i, (p, _) in enumerate(VISUALIZE_CASES)]
+)
 def test_unknown_layers_and_classes_through_the_visualize_script(proj, params, words):
     assert_fails_cleanly(proj, "visualize", *words, params=params)
 

@@ -9,6 +9,7 @@ ordering bug would show. A third run with `seed` and `split.seed` changed must d
 they act (the split, the indexes, the stats, the training) and agree where they do not (the
 PNG files).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,9 +58,13 @@ def test_metrics_and_model_are_identical(runs):
     la, lb = lock_outs(a.path), lock_outs(b.path)
     comparable = sorted(k for k in la if not k.startswith(TIMED))
     assert {k: la[k] for k in comparable} == {k: lb[k] for k in comparable}
-    assert set(la) - set(comparable) == {"reports/tensorboard/train", "reports/tensorboard/visualize",
-                                         "reports/train/timing.json", "reports/train/history.csv",
-                                         "export/MODEL_CARD.md"}
+    assert set(la) - set(comparable) == {
+        "reports/tensorboard/train",
+        "reports/tensorboard/visualize",
+        "reports/train/timing.json",
+        "reports/train/history.csv",
+        "export/MODEL_CARD.md",
+    }
 
 
 def test_another_seed_gives_other_outputs(runs):

@@ -7,6 +7,7 @@ signals are real signals sent to the stage, to `dvc` alone or to the whole proce
 Mounting needs root on Linux: elsewhere those tests skip, except under CI=true on Linux,
 where they fail.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,14 +43,19 @@ PARAMS = dict(TINY, **{"data.batches": ["data_batch_1", "test_batch"]})
 LIVE_TB = "reports/tensorboard/train"  # written live while training (documented exception)
 #: train's live files, rewritten after every epoch (issue 17): after a failed run they show its
 #: last finished epoch, whole, with `complete: false`, instead of the previous run's
-LIVE_FILES = ("reports/train/metrics.json", "reports/train/history.csv", "reports/train/timing.json",
-              "reports/train/layers.csv")
+LIVE_FILES = (
+    "reports/train/metrics.json",
+    "reports/train/history.csv",
+    "reports/train/timing.json",
+    "reports/train/layers.csv",
+)
 
 
 def assert_live_files_whole(proj) -> None:
     metrics = proj.path / "reports/train/metrics.json"
     if metrics.exists():
         assert json.loads(metrics.read_text())["complete"] in (False, True)  # parses: whole
+
 
 KEEP = (".git", ".dvc")
 
@@ -122,8 +128,9 @@ def full(mount: Path, leave: int = 0):
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    return make_archive(tmp_path_factory.mktemp("arc") / "cifar.tar.gz", batches=tuple(PARAMS["data.batches"]),
-                        per_class=30)
+    return make_archive(
+        tmp_path_factory.mktemp("arc") / "cifar.tar.gz", batches=tuple(PARAMS["data.batches"]), per_class=30
+    )
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +237,9 @@ def shutil_rmtree(path: Path) -> None:
 def test_a_read_only_filesystem_stops_each_stage_with_one_line(disk, stage):
     mount, proj = disk
     with read_only(mount):
-        line = assert_fails_cleanly(proj, stage, "cannot write: read-only file system", "make it writable",
-                                    outs=stage_outs(stage))
+        line = assert_fails_cleanly(
+            proj, stage, "cannot write: read-only file system", "make it writable", outs=stage_outs(stage)
+        )
     assert re.match(r"error: (data|reports|checkpoints|models)\b", line), line
 
 
@@ -246,8 +254,15 @@ def test_a_read_only_bind_mounted_reports_folder_stops_evaluate(disk):
 
 def watch(cmd: list[str], proj: Project, trigger: str, then, timeout: float = 240):
     """Run `cmd` in a new session; call then(proc) once a line starts with `trigger`; return (proc, output)."""
-    proc = subprocess.Popen(cmd, cwd=proj.path, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=proj.path,
+        env=proj.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     fired = threading.Event()
 
@@ -297,8 +312,10 @@ def test_sigterm_to_the_train_stage_keeps_the_last_epoch_and_says_how_to_resume(
     proj = staged
     proc, out = watch(stage_cmd("train"), proj, "epoch 1/", lambda p: os.kill(p.pid, signal.SIGTERM))
     assert proc.returncode == 143, out
-    assert "terminated (SIGTERM); outputs are written atomically, so rerun `dvc repro` to finish (training " \
-           "resumes from the checkpoint of its last finished epoch)" in out
+    assert (
+        "terminated (SIGTERM); outputs are written atomically, so rerun `dvc repro` to finish (training "
+        "resumes from the checkpoint of its last finished epoch)" in out
+    )
     assert "Traceback" not in out
     assert not (proj.path / "models").exists() and temp_leftovers(proj.path, KEEP) == []
     assert list((proj.path / "checkpoints").glob("*/checkpoint.pt"))
@@ -310,8 +327,7 @@ def test_sigterm_to_the_train_stage_keeps_the_last_epoch_and_says_how_to_resume(
 def test_sigterm_to_unpack_stops_its_workers_and_leaves_no_temporary_tree(staged):
     proj = staged
     before = snapshot(proj.path, stage_outs("unpack"))
-    proc, out = watch(stage_cmd("unpack"), proj, "unpack: data_batch_1:",
-                      lambda p: os.killpg(p.pid, signal.SIGTERM))
+    proc, out = watch(stage_cmd("unpack"), proj, "unpack: data_batch_1:", lambda p: os.killpg(p.pid, signal.SIGTERM))
     assert proc.returncode == 143, out
     assert "terminated (SIGTERM)" in out and "Traceback" not in out
     assert snapshot(proj.path, stage_outs("unpack")) == before
@@ -351,8 +367,9 @@ def test_sigterm_to_dvc_alone_leaves_its_stage_running_and_the_next_run_is_safe(
     second = seen["second"]
     errors = [ln for ln in second.stderr.splitlines() if ln.startswith("error: ")]
     if second.returncode != 0:
-        assert len(errors) == 1 and "another train stage is running in this project (pid" in errors[0], \
+        assert len(errors) == 1 and "another train stage is running in this project (pid" in errors[0], (
             second.stdout + second.stderr + out
+        )
     else:
         assert re.search(r"train: resuming from the checkpoint of epoch \d+", second.stdout), second.stdout
     print("second run:", errors[0] if errors else "resumed after the orphan stopped")
@@ -380,21 +397,35 @@ def _lock_held(path: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("second", [["repro", "train"], pytest.param(["exp", "run"], marks=pytest.mark.xfail(
-    strict=True, reason="found here, DVC's: a `dvc exp run` started while `dvc repro` trains removes models/ "
-    "under the running stage, which then fails: ERROR: failed to reproduce 'train': output 'models' does not "
-    "exist (docs/reliability.md, Still open)"))], ids=["repro", "exp-run"])
+@pytest.mark.parametrize(
+    "second",
+    [
+        ["repro", "train"],
+        pytest.param(
+            ["exp", "run"],
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="found here, DVC's: a `dvc exp run` started while `dvc repro` trains removes models/ "
+                "under the running stage, which then fails: ERROR: failed to reproduce 'train': output 'models' does not "
+                "exist (docs/reliability.md, Still open)",
+            ),
+        ),
+    ],
+    ids=["repro", "exp-run"],
+)
 def test_a_second_run_while_one_trains_gets_dvcs_lock_message(staged, reference, second):
     proj = staged
     seen = {}
-    proc, out = watch(["dvc", "repro", "train"], proj, "epoch 1/",
-                      lambda p: seen.setdefault("second", proj.dvc(*second, check=False)))
+    proc, out = watch(
+        ["dvc", "repro", "train"], proj, "epoch 1/", lambda p: seen.setdefault("second", proj.dvc(*second, check=False))
+    )
     assert proc.returncode == 0, out
     res = seen["second"]
     # DVC's repository lock, or its lock on the paths the run uses
-    assert res.returncode != 0 and ("Unable to acquire lock" in res.stderr or
-                                    re.search(r"is busy, it is being blocked by:\s+\(PID \d+\): .*dvc repro train",
-                                              res.stderr)), res.stdout + res.stderr
+    assert res.returncode != 0 and (
+        "Unable to acquire lock" in res.stderr
+        or re.search(r"is busy, it is being blocked by:\s+\(PID \d+\): .*dvc repro train", res.stderr)
+    ), res.stdout + res.stderr
     same_training(proj, reference)
     assert not list((proj.path / "checkpoints").glob("*/*.pt"))
 
@@ -405,6 +436,7 @@ def test_a_second_run_while_one_trains_gets_dvcs_lock_message(staged, reference,
 def kill_after(proj: Project, line: str) -> None:
     """SIGKILL the train stage (run as dvc.yaml writes it) once it printed `line`: stopped first,
     so the kill lands before the next epoch ends."""
+
     def stop_then_kill(p):
         os.kill(p.pid, signal.SIGSTOP)
         os.kill(p.pid, signal.SIGKILL)
@@ -426,8 +458,9 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(bytes(b))
 
 
-@pytest.mark.parametrize("how", ["truncated", pytest.param("empty", marks=pytest.mark.slow),
-                                 pytest.param("corrupt", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "how", ["truncated", pytest.param("empty", marks=pytest.mark.slow), pytest.param("corrupt", marks=pytest.mark.slow)]
+)
 def test_a_damaged_checkpoint_is_set_aside_and_training_resumes_from_the_one_before(staged, reference, how):
     proj = staged
     kill_after(proj, "epoch 2/")

@@ -24,6 +24,7 @@ a seeded short delay after DVC starts its command). Then:
 A SIGKILLed stage cannot remove its temporary sibling (`data/.png.<pid>-<random>.tmp`);
 the next run of the stage does (cifarlab.atomic.sweep_stale_siblings), which is tested here.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,21 +78,32 @@ def assert_live_snapshot(proj: Project, reference: Project, rel: str) -> None:
         assert metrics == json.loads(ref.read_text()) or metrics["complete"] is False, metrics
     else:
         rows, ref_rows = (f.read_text().splitlines() for f in (now, ref))
-        untimed = [i for i, c in enumerate(ref_rows[0].split(",")) if not c.endswith("seconds") and
-                   not c.startswith("images_per")]
+        untimed = [
+            i
+            for i, c in enumerate(ref_rows[0].split(","))
+            if not c.endswith("seconds") and not c.startswith("images_per")
+        ]
         cut = [[r.split(",")[i] for i in untimed] for r in rows]
-        assert cut == [[r.split(",")[i] for i in untimed] for r in ref_rows[:len(rows)]], rel
+        assert cut == [[r.split(",")[i] for i in untimed] for r in ref_rows[: len(rows)]], rel
 
 
-def interrupt(proj: Project, args: list[str], trigger: str, delay: float, sig: int,
-              timeout: float = 240) -> tuple[bool, str]:
+def interrupt(
+    proj: Project, args: list[str], trigger: str, delay: float, sig: int, timeout: float = 240
+) -> tuple[bool, str]:
     """Run `dvc <args>` in a new session; signal its group `delay` s after `trigger` starts a line.
 
     Returns (whether the signal was sent, the output). The reader thread keeps draining the
     pipe, so the stage never blocks on a full pipe while we wait.
     """
-    proc = subprocess.Popen(["dvc", *args], cwd=proj.path, env=proj.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", *args],
+        cwd=proj.path,
+        env=proj.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = threading.Event()
     lines: list[str] = []
 
@@ -222,13 +234,16 @@ def check_every_stage(tmp_path: Path, archive: Path, reference: Project, sig: in
         if sig == signal.SIGINT:
             assert temp_leftovers(proj.path, KEEP) == [], f"{stage}: a Ctrl-C'd stage removes its temporary files"
         proj.commit(f"{stage} done")  # as users do: a committed dvc.lock is what repair_dvc_state restores
-    print(f"{signal.Signals(sig).name}: interrupted while running: {', '.join(interrupted)}; "
-          f"DVC files repaired after the kill: {', '.join(repaired) or 'none'}")
+    print(
+        f"{signal.Signals(sig).name}: interrupted while running: {', '.join(interrupted)}; "
+        f"DVC files repaired after the kill: {', '.join(repaired) or 'none'}"
+    )
     # the stages that print mid-work are interrupted for sure; the short ones when the delay hits
     assert {"unpack", "train", "visualize"} <= set(interrupted), interrupted
     assert lock_outs(proj.path, comparable_only=True) == lock_outs(reference.path, comparable_only=True)
-    assert json.loads((proj.path / "reports/train/metrics.json").read_text()) == \
-        json.loads((reference.path / "reports/train/metrics.json").read_text())
+    assert json.loads((proj.path / "reports/train/metrics.json").read_text()) == json.loads(
+        (reference.path / "reports/train/metrics.json").read_text()
+    )
     assert "Data and pipelines are up to date" in proj.dvc("status").stdout
     assert not list((proj.path / "checkpoints").glob("*/checkpoint.pt")), "a finished run removes its checkpoint"
 

@@ -4,6 +4,7 @@ test_reliability_interrupt.py, plus that an interrupted stage removes its own te
 A stage turns KeyboardInterrupt into exit status 130 and the message `interrupted; outputs are
 written atomically, so rerun `dvc repro` to finish`; DVC then reports the failed stage.
 """
+
 import signal
 
 import test_reliability_interrupt as killed

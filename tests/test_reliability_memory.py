@@ -1,5 +1,6 @@
 """Resource limits: the data stages' memory stays flat as the data grows, and a training run
 too large for the memory is refused by an estimate before it starts (engine/memory.py)."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,9 @@ def test_a_huge_batch_for_a_vit_fails_with_a_clear_message():
         check_training_memory(model, 100_000, "AdamW", "cpu", available_bytes=64 * GiB)
     msg = str(err.value)
     assert err.value.key == "train.batch_size" and err.value.value == 100_000
-    assert msg.startswith("params.yaml: train.batch_size: training this model with batch size 100000 and AdamW "
-                          "needs about ")
+    assert msg.startswith(
+        "params.yaml: train.batch_size: training this model with batch size 100000 and AdamW needs about "
+    )
     assert "64.00 GiB available (given)" in msg and "allows 90% of it" in msg
     assert "per image" in msg and "lower train.batch_size to" in msg
 
@@ -159,10 +161,12 @@ def test_a_cgroup_limit_lowers_what_is_available(monkeypatch):
 
 # Measures from a small parent: Linux carries a process's peak RSS across fork and exec, so a
 # stage started straight from pytest (torch loaded, ~900 MiB) would report pytest's peak.
-_WAIT4 = ("import os, subprocess, sys\n"
-          "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
-          "_, status, usage = os.wait4(p.pid, 0)\n"
-          "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
+_WAIT4 = (
+    "import os, subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
+)
 
 
 def _stage(cwd: Path, stage: str, params: Path, env: dict) -> int:
@@ -177,8 +181,10 @@ def _stage(cwd: Path, stage: str, params: Path, env: dict) -> int:
 @pytest.mark.slow
 def test_data_stage_memory_stays_flat_from_10k_to_60k_images(tmp_path):
     peaks = {}
-    for n, full, batches in ((10_000, False, ["test_batch"]),
-                             (60_000, True, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"])):
+    for n, full, batches in (
+        (10_000, False, ["test_batch"]),
+        (60_000, True, [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]),
+    ):
         root = tmp_path / str(n)
         shutil_copy(REPO, root)
         env = dict(os.environ, PYTHONPATH=str(root / "src"))
@@ -212,7 +218,9 @@ def test_training_too_big_for_the_memory_stops_before_the_first_step(tmp_path, m
 
     monkeypatch.chdir(make_tree(tmp_path, per_class=4))
     monkeypatch.setattr(memory, "available_bytes_on", lambda device: (64 * 2**20, "a test's budget"))
-    params = parse_params({"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 8}, "runtime": {"threads": 1}})
+    params = parse_params(
+        {"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 8}, "runtime": {"threads": 1}}
+    )
     logs: list[str] = []
     with pytest.raises(ParamsError, match=r"train.batch_size: .*64.0 MiB available \(a test's budget\)"):
         fit(params, train_paths(tmp_path, tmp_path), log=logs.append)

@@ -8,6 +8,7 @@ Arguments of a component that is not the chosen one (optimizer.Adam.* while SGD 
 checked the way a user meets them: with that component chosen (`optimizer.name: Adam`).
 Cases marked xfail are bugs found by this walk, described in docs/reliability.md.
 """
+
 from __future__ import annotations
 
 import copy
@@ -218,20 +219,24 @@ def test_a_typo_of_any_key_is_an_error(request, path):
     assert err is not None, f"{key} misspelt as {typo!r} was accepted"
     typo_key = dotted(path[:-1] + (typo,))
     parent = dotted(path[:-1])
-    assert err.key in (typo_key, key) or (err.key in (parent, dotted(path[:-2])) and typo in str(err)), \
+    assert err.key in (typo_key, key) or (err.key in (parent, dotted(path[:-2])) and typo in str(err)), (
         f"{key} -> {typo}: {err}"
+    )
 
 
-@pytest.mark.parametrize("key, value", [
-    ("model.name", "torchvision.resnet19"),
-    ("model.name", "resnet18"),
-    ("loss.name", "CrossEntropyLos"),
-    ("optimizer.name", "SDG"),
-    ("scheduler.name", "OneCycle"),
-    ("model.init.conv.name", "kaiming_normall"),
-    ("augment.train.0", {"RandomCorp": {"size": 32}}),
-    ("augment.eval.0", {"Normalise": {}}),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("model.name", "torchvision.resnet19"),
+        ("model.name", "resnet18"),
+        ("loss.name", "CrossEntropyLos"),
+        ("optimizer.name", "SDG"),
+        ("scheduler.name", "OneCycle"),
+        ("model.init.conv.name", "kaiming_normall"),
+        ("augment.train.0", {"RandomCorp": {"size": 32}}),
+        ("augment.eval.0", {"Normalise": {}}),
+    ],
+)
 def test_an_unknown_component_name_lists_the_choices(key, value):
     path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
     err = first_error(changed(path, value))

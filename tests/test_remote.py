@@ -6,6 +6,7 @@ clone. Here every temp project lives in its own temp folder, so the default remo
 there too. Also the bad inputs of docs/team.md: an unwritable remote, a missing one, and a
 pull of outputs a teammate committed but never pushed.
 """
+
 import hashlib
 import json
 from pathlib import Path
@@ -64,7 +65,7 @@ def failed_targets(stderr: str) -> list[str]:
     lines = stderr.splitlines()
     start = next(i for i, line in enumerate(lines) if "Checkout failed for following targets:" in line)
     targets = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if line.startswith("Is your cache up to date?"):
             break
         targets.append(line.strip())
@@ -100,10 +101,21 @@ def team(tmp_path_factory):
 def test_push_sends_every_cached_output(team):
     alice, remote = team
     outs = cached_outputs(alice.path)
-    expected = {"data/cifar-10-python.tar.gz", "data/meta.json", "data/index", "data/stats/normalize.json",
-                "models", "reports/train/summary.txt", "reports/train/timing.json", "reports/tensorboard/train",
-                "reports/eval/report.json", "reports/figures", "reports/tensorboard/visualize",
-                "export/model.onnx", "export/MODEL_CARD.md"}
+    expected = {
+        "data/cifar-10-python.tar.gz",
+        "data/meta.json",
+        "data/index",
+        "data/stats/normalize.json",
+        "models",
+        "reports/train/summary.txt",
+        "reports/train/timing.json",
+        "reports/tensorboard/train",
+        "reports/eval/report.json",
+        "reports/figures",
+        "reports/tensorboard/visualize",
+        "export/model.onnx",
+        "export/MODEL_CARD.md",
+    }
     assert expected <= set(outs), sorted(outs)
     for path, md5 in outs.items():
         assert in_remote(remote, md5), f"{path} ({md5}) is not in the remote"
@@ -139,12 +151,13 @@ def test_fresh_clone_pulls_and_reproduces_without_training(team):
     # the rebuilt PNG trees hash exactly as alice's: dvc.lock (data/png, data/split md5) is unchanged
     bob.run("git", "diff", "--exit-code", "dvc.lock")
     for rel in ("data/png", "data/split"):
-        assert sorted(p.relative_to(bob.path / rel).as_posix() for p in (bob.path / rel).rglob("*.png")) == \
-            sorted(p.relative_to(alice.path / rel).as_posix() for p in (alice.path / rel).rglob("*.png"))
+        assert sorted(p.relative_to(bob.path / rel).as_posix() for p in (bob.path / rel).rglob("*.png")) == sorted(
+            p.relative_to(alice.path / rel).as_posix() for p in (alice.path / rel).rglob("*.png")
+        )
     assert "Data and pipelines are up to date." in bob.dvc("status").stdout
     metrics = [json.loads(p.dvc("metrics", "show", "--json").stdout) for p in (alice, bob)]
     assert metrics[0] == metrics[1]
-    assert "\"acc\"" in json.dumps(metrics[1]) and "test" in json.dumps(metrics[1])
+    assert '"acc"' in json.dumps(metrics[1]) and "test" in json.dumps(metrics[1])
 
 
 def test_push_to_unwritable_remote_fails_and_changes_nothing(team, tmp_path):
@@ -193,7 +206,8 @@ def test_pull_of_outputs_never_pushed(team):
     dave = clone(alice, alice.path.parent / "dave")
     dave.dvc("pull")
     (dave.path / "params.yaml").write_text(
-        (dave.path / "params.yaml").read_text().replace(f"lr: {TINY['optimizer.lr']}", "lr: 0.03"))
+        (dave.path / "params.yaml").read_text().replace(f"lr: {TINY['optimizer.lr']}", "lr: 0.03")
+    )
     assert "train" in dave.ran(dave.dvc("repro", "train"))
     dave.commit("lr 0.03, not pushed")
     bob.run("git", "pull", "-q", str(dave.path), "main")

@@ -8,6 +8,7 @@ pushes, clones, pulls, and compares every pulled file byte for byte.
 Skipped only where the server cannot start here (moto or dvc-s3 not installed, the server
 exits or never answers); with CI set, that is a failure instead, never a silent skip.
 """
+
 import hashlib
 import os
 import socket
@@ -27,8 +28,14 @@ BUCKET = "cifarlab-team"
 PREFIX = "dvc-store"
 CREDS = {"access_key_id": "testing-key-id", "secret_access_key": "testing-secret"}
 # DVC outputs the data stages cache and push (data/png and data/split are cache: false)
-PUSHED = ["data/cifar-10-python.tar.gz", "data/meta.json", "data/index/train.txt", "data/index/valid.txt",
-          "data/index/test.txt", "data/stats/normalize.json"]
+PUSHED = [
+    "data/cifar-10-python.tar.gz",
+    "data/meta.json",
+    "data/index/train.txt",
+    "data/index/valid.txt",
+    "data/index/test.txt",
+    "data/stats/normalize.json",
+]
 
 
 def _cannot_start(reason: str):
@@ -57,8 +64,11 @@ def s3_endpoint(tmp_path_factory):
         for _attempt in range(3):
             port = _free_port()
             with open(log, "wb") as out:
-                proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                        stdout=out, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and proc.poll() is None:
@@ -89,8 +99,11 @@ def _isolate_aws(proj: Project, home) -> None:
     """No real AWS credentials, profiles or metadata lookups can leak into the test."""
     for key in [k for k in proj.env if k.startswith("AWS_")]:
         del proj.env[key]
-    proj.env.update(AWS_SHARED_CREDENTIALS_FILE=str(home / "no-credentials"), AWS_CONFIG_FILE=str(home / "no-config"),
-                    AWS_EC2_METADATA_DISABLED="true")
+    proj.env.update(
+        AWS_SHARED_CREDENTIALS_FILE=str(home / "no-credentials"),
+        AWS_CONFIG_FILE=str(home / "no-config"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
 
 
 def _digest(path) -> str:
@@ -100,8 +113,13 @@ def _digest(path) -> str:
 def test_push_clone_pull_through_s3(tmp_path, s3_endpoint):
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                      aws_access_key_id=CREDS["access_key_id"], aws_secret_access_key=CREDS["secret_access_key"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=CREDS["access_key_id"],
+        aws_secret_access_key=CREDS["secret_access_key"],
+    )
     s3.create_bucket(Bucket=BUCKET)
 
     archive = make_archive(tmp_path / "cifar.tar.gz", per_class=10)
@@ -122,8 +140,11 @@ def test_push_clone_pull_through_s3(tmp_path, s3_endpoint):
 
     push = proj.dvc("push")
     assert "pushed" in push.stdout, push.stdout
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for o in page.get("Contents", [])
+    ]
     assert keys and all(k.startswith(f"{PREFIX}/files/md5/") for k in keys), keys
     assert any(k.endswith(".dir") for k in keys), "the data/index directory's manifest was not pushed"
     status = proj.dvc("status", "--cloud")

@@ -1,4 +1,5 @@
 """The formula evaluator: what it computes, what it refuses, and that it never runs code."""
+
 import math
 import re
 import time

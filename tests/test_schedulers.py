@@ -1,4 +1,5 @@
 """Schedulers: every name runs, the tutorial's numbers, defaults derived from the run, errors."""
+
 import math
 
 import pytest
@@ -186,8 +187,13 @@ def test_warmup_through_sequential_lr():
 def test_one_cycle_peaks_at_each_groups_own_lr_over_the_whole_run():
     epochs, steps = 3, 4
     model, optimizer, sched = _setup(
-        "OneCycleLR", {"pct_start": 0.25}, lr=0.01, groups=[{"prefix": "fc3", "lr_mult": 10}],
-        epochs=epochs, steps=steps, momentum=0.9,
+        "OneCycleLR",
+        {"pct_start": 0.25},
+        lr=0.01,
+        groups=[{"prefix": "fc3", "lr_mult": 10}],
+        epochs=epochs,
+        steps=steps,
+        momentum=0.9,
     )
     assert sched.inner.total_steps == epochs * steps
     seen = _run(model, optimizer, sched, epochs, steps)  # steps exactly total_steps times
@@ -284,8 +290,12 @@ def test_formula_failing_at_a_later_epoch_is_caught_by_the_check():
 @pytest.mark.parametrize(
     "name, kwargs, key, text",
     [
-        ("CosineAnnealingWarmRestarts", {}, "scheduler.CosineAnnealingWarmRestarts",
-         "missing required argument(s): T_0"),
+        (
+            "CosineAnnealingWarmRestarts",
+            {},
+            "scheduler.CosineAnnealingWarmRestarts",
+            "missing required argument(s): T_0",
+        ),
         ("StepLR", {"step_size": 0}, "scheduler.StepLR.step_size", "> 0"),
         ("StepLR", {"step_size": "two"}, "scheduler.StepLR.step_size", "an integer"),
         ("StepLR", {"step_size": 2, "last_epoch": 3}, "scheduler.StepLR.last_epoch", "checkpoint"),
@@ -303,25 +313,72 @@ def test_formula_failing_at_a_later_epoch_is_caught_by_the_check():
         ("OneCycleLR", {"anneal_strategy": "cosine"}, "scheduler.OneCycleLR.anneal_strategy", "'cos', 'linear'"),
         ("OneCycleLR", {"max_lr": [0.1, 0.2]}, "scheduler.OneCycleLR", "max_lr"),
         ("CyclicLR", {"scale_fn": "x"}, "scheduler.CyclicLR.scale_fn", "mode"),
-        ("SequentialLR", {"schedulers": [{"name": "LinearLR"}], "milestones": [3]},
-         "scheduler.SequentialLR.milestones", "must list 0 step(s)"),
-        ("SequentialLR", {"schedulers": [{"name": "LinearLR"}, {"name": "StepLR", "step_size": 1}], "milestones": [3, 2]},
-         "scheduler.SequentialLR.milestones", "must list 1 step(s)"),
-        ("SequentialLR", {"schedulers": [{"name": "LinearLR"}, {"name": "ExponentialLR", "gamma": 0.9}, {"name": "LinearLR"}],
-                          "milestones": [3, 2]}, "scheduler.SequentialLR.milestones", "increasing"),
-        ("SequentialLR", {"schedulers": "LinearLR", "milestones": []}, "scheduler.SequentialLR.schedulers", "must list"),
-        ("SequentialLR", {"schedulers": [{"name": "LinearLR"}, {"name": "ReduceLROnPlateau"}], "milestones": [2]},
-         "scheduler.SequentialLR.schedulers.1.name", "metric"),
-        ("SequentialLR", {"schedulers": [{"name": "OneCycleLR"}, {"name": "LinearLR"}], "milestones": [2]},
-         "scheduler.SequentialLR.schedulers.0.name", "use it alone"),
-        ("SequentialLR", {"schedulers": [{"name": "LinearLR", "LinearLR": {"total_iters": 2}}, {"name": "LinearLR"}],
-                          "milestones": [2]}, "scheduler.SequentialLR.schedulers.0.LinearLR", "beside its name"),
-        ("SequentialLR", {"schedulers": [{"name": "LinearLR", "total_iter": 2}, {"name": "LinearLR"}], "milestones": [2]},
-         "scheduler.SequentialLR.schedulers.0.total_iter", "total_iters"),
-        ("SequentialLR", {"schedulers": [{"name": "Warmup"}, {"name": "LinearLR"}], "milestones": [2]},
-         "scheduler.SequentialLR.schedulers.0.name", "unknown scheduler"),
-        ("ChainedScheduler", {"schedulers": [{"name": "LinearLR", "interval": "batch"}]},
-         "scheduler.ChainedScheduler.schedulers.0.interval", "composite"),
+        (
+            "SequentialLR",
+            {"schedulers": [{"name": "LinearLR"}], "milestones": [3]},
+            "scheduler.SequentialLR.milestones",
+            "must list 0 step(s)",
+        ),
+        (
+            "SequentialLR",
+            {"schedulers": [{"name": "LinearLR"}, {"name": "StepLR", "step_size": 1}], "milestones": [3, 2]},
+            "scheduler.SequentialLR.milestones",
+            "must list 1 step(s)",
+        ),
+        (
+            "SequentialLR",
+            {
+                "schedulers": [{"name": "LinearLR"}, {"name": "ExponentialLR", "gamma": 0.9}, {"name": "LinearLR"}],
+                "milestones": [3, 2],
+            },
+            "scheduler.SequentialLR.milestones",
+            "increasing",
+        ),
+        (
+            "SequentialLR",
+            {"schedulers": "LinearLR", "milestones": []},
+            "scheduler.SequentialLR.schedulers",
+            "must list",
+        ),
+        (
+            "SequentialLR",
+            {"schedulers": [{"name": "LinearLR"}, {"name": "ReduceLROnPlateau"}], "milestones": [2]},
+            "scheduler.SequentialLR.schedulers.1.name",
+            "metric",
+        ),
+        (
+            "SequentialLR",
+            {"schedulers": [{"name": "OneCycleLR"}, {"name": "LinearLR"}], "milestones": [2]},
+            "scheduler.SequentialLR.schedulers.0.name",
+            "use it alone",
+        ),
+        (
+            "SequentialLR",
+            {
+                "schedulers": [{"name": "LinearLR", "LinearLR": {"total_iters": 2}}, {"name": "LinearLR"}],
+                "milestones": [2],
+            },
+            "scheduler.SequentialLR.schedulers.0.LinearLR",
+            "beside its name",
+        ),
+        (
+            "SequentialLR",
+            {"schedulers": [{"name": "LinearLR", "total_iter": 2}, {"name": "LinearLR"}], "milestones": [2]},
+            "scheduler.SequentialLR.schedulers.0.total_iter",
+            "total_iters",
+        ),
+        (
+            "SequentialLR",
+            {"schedulers": [{"name": "Warmup"}, {"name": "LinearLR"}], "milestones": [2]},
+            "scheduler.SequentialLR.schedulers.0.name",
+            "unknown scheduler",
+        ),
+        (
+            "ChainedScheduler",
+            {"schedulers": [{"name": "LinearLR", "interval": "batch"}]},
+            "scheduler.ChainedScheduler.schedulers.0.interval",
+            "composite",
+        ),
     ],
 )
 def test_bad_values_name_the_key(name, kwargs, key, text):
@@ -372,7 +429,7 @@ def test_scheduler_defaults_are_the_tutorials_and_written_values_win():
     _, _, sched = _setup("LambdaLR", {}, lr=1.0)
     sched.step_epoch()
     sched.step_epoch()
-    assert sched.last_lrs() == pytest.approx([0.95 ** 2])
+    assert sched.last_lrs() == pytest.approx([0.95**2])
     _, _, sched = _setup("StepLR", {"step_size": 2}, lr=1.0)
     assert sched.inner.step_size == 2
 
@@ -380,11 +437,26 @@ def test_scheduler_defaults_are_the_tutorials_and_written_values_win():
 def test_tutorial_lambda_lr_two_groups_print_the_tutorials_lrs():
     """Section 3.4's example: fc3 at 100x lr 0.001, lambdas epoch // 3 and 0.95 ** epoch."""
     model, optimizer, sched = _setup(
-        "LambdaLR", {"lr_lambda": ["epoch // 3", "0.95 ** epoch"]}, lr=0.001,
-        groups=[{"prefix": "fc3", "lr_mult": 100}], epochs=10, steps=1, momentum=0.9, weight_decay=1e-4,
+        "LambdaLR",
+        {"lr_lambda": ["epoch // 3", "0.95 ** epoch"]},
+        lr=0.001,
+        groups=[{"prefix": "fc3", "lr_mult": 100}],
+        epochs=10,
+        steps=1,
+        momentum=0.9,
+        weight_decay=1e-4,
     )
     seen = _run(model, optimizer, sched, 10, 1)
-    expected = [[0.0, 0.1], [0.0, 0.095], [0.0, 0.09025], [0.001, 0.0857375], [0.001, 0.081450625],
-                [0.001, 0.07737809374999999], [0.002, 0.07350918906249998], [0.002, 0.06983372960937498],
-                [0.002, 0.06634204312890622], [0.003, 0.0630249409724609]]
+    expected = [
+        [0.0, 0.1],
+        [0.0, 0.095],
+        [0.0, 0.09025],
+        [0.001, 0.0857375],
+        [0.001, 0.081450625],
+        [0.001, 0.07737809374999999],
+        [0.002, 0.07350918906249998],
+        [0.002, 0.06983372960937498],
+        [0.002, 0.06634204312890622],
+        [0.003, 0.0630249409724609],
+    ]
     assert seen == [pytest.approx(e) for e in expected]

@@ -5,6 +5,7 @@ else written, on top of the project's own params.yaml.
 In-process (the train stage's `fit` on a tiny tree, one epoch) for each name; through the
 real `dvc exp run` for one scheduler and one loss together (slow).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SCHEDULERS = ["StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "ReduceLROnPlateau", "LambdaLR"]
 PROJECT = yaml.safe_load((ROOT / "params.yaml").read_text())
 #: Small and quick; none of these keys is a scheduler's or a loss's.
-TINY = {"model.name": "tutorial.net", "train.epochs": 1, "train.batch_size": 8, "runtime.threads": 1,
-        "train.histograms": False, "train.device": "cpu"}
+TINY = {
+    "model.name": "tutorial.net",
+    "train.epochs": 1,
+    "train.batch_size": 8,
+    "runtime.threads": 1,
+    "train.histograms": False,
+    "train.device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")

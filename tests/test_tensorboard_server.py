@@ -5,6 +5,7 @@ plugin the stages write for (scalars, histograms, images, graphs, projector, PR 
 text, hparams) enabled and serving the logged values. Loopback only; the server is always
 killed (its whole process group, which it was started in) within a bounded wait.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,9 +47,23 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(logdir.parent / "tensorboard.log", "w+")  # noqa: SIM115 - the server's log, closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(self.port),
-             "--host", "127.0.0.1", "--reload_interval", "1"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(logdir),
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+                "--reload_interval",
+                "1",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def get(self, path: str, **query) -> bytes:
         url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
@@ -59,8 +74,9 @@ class Server:
         return json.loads(self.get(path, **query))
 
     def post(self, path: str, body: dict):
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=20) as r:
             return json.loads(r.read())
 
@@ -103,8 +119,18 @@ def server(tmp_path_factory):
     model = build_model("tutorial.net")
     train.start(model, params, "the summary")
     for epoch, lr in ((1, 0.05), (2, 0.025)):
-        train.epoch(model, {"epoch": epoch, "train_loss": 2.0 / epoch, "valid_loss": 2.1 / epoch,
-                            "train_acc": 0.2 * epoch, "valid_acc": 0.15 * epoch, "images_per_second": 500.0}, [lr])
+        train.epoch(
+            model,
+            {
+                "epoch": epoch,
+                "train_loss": 2.0 / epoch,
+                "valid_loss": 2.1 / epoch,
+                "train_acc": 0.2 * epoch,
+                "valid_acc": 0.15 * epoch,
+                "images_per_second": 500.0,
+            },
+            [lr],
+        )
     train.finish(params, {"best_valid_acc": 0.3, "best_epoch": 2})
     srv = Server(logdir)
     try:
@@ -117,11 +143,24 @@ def server(tmp_path_factory):
 def test_runs_and_plugins(server):
     runs = server.json("/data/runs")
     assert set(runs) == {"train", "visualize"}  # one run per stage: no run per curve
-    wanted = {"custom_scalars", "scalars", "images", "histograms", "distributions", "graphs", "pr_curves", "text", "hparams",
-              "projector"}
+    wanted = {
+        "custom_scalars",
+        "scalars",
+        "images",
+        "histograms",
+        "distributions",
+        "graphs",
+        "pr_curves",
+        "text",
+        "hparams",
+        "projector",
+    }
     listing = server.wait_until(  # the projector looks for its config in the background
         lambda: (lambda d: d if all(d.get(p, {}).get("enabled") for p in wanted) else None)(
-            server.json("/data/plugins_listing")), "every plugin enabled")
+            server.json("/data/plugins_listing")
+        ),
+        "every plugin enabled",
+    )
     assert not listing["audio"]["enabled"]  # nothing here is sound
 
 
@@ -145,14 +184,22 @@ def test_histograms_of_weights_and_gradients(server):
     tags = server.json("/data/plugin/histograms/tags")
     assert {"weights/conv1.weight", "gradients/fc3.bias"} <= set(tags["visualize"])
     assert "weights/conv1.weight" in tags["train"]  # per-epoch histograms stay the train run's
-    (_, step, buckets), = server.json("/data/plugin/histograms/histograms", run="visualize", tag="weights/conv1.weight")
+    ((_, step, buckets),) = server.json(
+        "/data/plugin/histograms/histograms", run="visualize", tag="weights/conv1.weight"
+    )
     assert step == 2 and sum(count for _, _, count in buckets) == pytest.approx(6 * 3 * 5 * 5)
 
 
 def test_images_and_figures(server):
     tags = server.json("/data/plugin/images/tags")["visualize"]
-    assert {"inputs/augmented_train", "kernels/conv1", "kernels/conv1/per_channel", "feature_maps/conv2",
-            "figures/confusion_matrix", "figures/grad_cam"} <= set(tags)
+    assert {
+        "inputs/augmented_train",
+        "kernels/conv1",
+        "kernels/conv1/per_channel",
+        "feature_maps/conv2",
+        "figures/confusion_matrix",
+        "figures/grad_cam",
+    } <= set(tags)
     for tag in ("inputs/augmented_train", "figures/confusion_matrix"):
         (entry,) = server.json("/data/plugin/images/images", run="visualize", tag=tag)
         png = server.get("/data/plugin/images/individualImage?" + entry["query"])
@@ -188,12 +235,20 @@ def test_pr_curves(server):
 def test_text_and_hparams(server):
     tags = server.json("/data/plugin/text/tags")
     assert {"params/text_summary", "model/summary/text_summary", "visualize/layers/text_summary"} <= set(
-        tags["visualize"])
+        tags["visualize"]
+    )
     (params,) = server.json("/data/plugin/text/text", run="visualize", tag="params/text_summary")
     assert "gradcam_images: 4" in params["text"]
-    groups = server.post("/data/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"], "colParams": [],
-        "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+    groups = server.post(
+        "/data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 10,
+        },
+    )["sessionGroups"]
     (group,) = [g for g in groups if g["name"] == "train"]
     assert group["hparams"]["optimizer.lr"] == pytest.approx(params_with().optimizer.lr)
     assert {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["hparam/best_valid_acc"] == pytest.approx(0.3)

@@ -1,4 +1,5 @@
 """The training loop's pieces on a tiny data tree, without DVC."""
+
 import json
 import os
 from pathlib import Path
@@ -21,11 +22,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**over):
-    raw = {"model": {"name": "tutorial.net"}, "train": {"epochs": 2, "batch_size": 8}, "runtime": {"threads": 1},
-           "scheduler": {"name": "none"},
-           "optimizer": {"name": "SGD", "lr": 0.01, "SGD": {"momentum": 0.9}},
-           "augment": {"train": [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],
-                       "eval": [{"Normalize": {}}]}}
+    raw = {
+        "model": {"name": "tutorial.net"},
+        "train": {"epochs": 2, "batch_size": 8},
+        "runtime": {"threads": 1},
+        "scheduler": {"name": "none"},
+        "optimizer": {"name": "SGD", "lr": 0.01, "SGD": {"momentum": 0.9}},
+        "augment": {
+            "train": [{"RandomCrop": {"size": 32, "padding": 4}}, {"Normalize": {}}],
+            "eval": [{"Normalize": {}}],
+        },
+    }
     for dotted, value in over.items():
         set_dotted(raw, dotted, value)
     return parse_params(raw)
@@ -111,12 +118,15 @@ def test_bad_image_stops_before_training(tree, tmp_path):
         victim.write_bytes(data)
 
 
-@pytest.mark.parametrize("over, expect", [
-    ({"augment.train": [{"ColorJitter": {"brightness": 0.2}}, {"Normalize": {}}]}, "ColorJitter"),
-    ({"augment.backend": "pil"}, None),
-    ({"augment.eval": [{"Resize": {"size": 36}}, {"TenCrop": {"size": 32}}, {"Normalize": {}}]}, None),
-    ({"optimizer.name": "LBFGS", "optimizer.lr": 0.1, "train.epochs": 1, "scheduler.name": "none"}, None),
-])
+@pytest.mark.parametrize(
+    "over, expect",
+    [
+        ({"augment.train": [{"ColorJitter": {"brightness": 0.2}}, {"Normalize": {}}]}, "ColorJitter"),
+        ({"augment.backend": "pil"}, None),
+        ({"augment.eval": [{"Resize": {"size": 36}}, {"TenCrop": {"size": 32}}, {"Normalize": {}}]}, None),
+        ({"optimizer.name": "LBFGS", "optimizer.lr": 0.1, "train.epochs": 1, "scheduler.name": "none"}, None),
+    ],
+)
 def test_other_paths_train(tree, tmp_path, over, expect):
     logs = []
     result = run(tree, tmp_path, tiny(**over), logs)
@@ -254,8 +264,12 @@ def test_tensor_source_hands_out_channels_last_batches_when_asked():
     from cifarlab.augment.batch import plan
     from cifarlab.engine.loop import TensorSource
 
-    aug = plan([{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}],
-               {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}, "augment.train", image_size=(8, 8))
+    aug = plan(
+        [{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}],
+        {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]},
+        "augment.train",
+        image_size=(8, 8),
+    )
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     plain = TensorSource(images, torch.zeros(20, dtype=torch.long), aug, 6, seed=0)
     cl = TensorSource(images, torch.zeros(20, dtype=torch.long), aug, 6, seed=0, channels_last=True)
@@ -273,8 +287,9 @@ def test_tensor_source_keeps_the_batches_only_when_every_epoch_gives_the_same():
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     labels = torch.arange(20)
     fixed = plan([{"Normalize": {}}], stats, "augment.eval", image_size=(8, 8))
-    random = plan([{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}], stats, "augment.train",
-                  image_size=(8, 8))
+    random = plan(
+        [{"RandomCrop": {"size": 8, "padding": 2}}, {"Normalize": {}}], stats, "augment.train", image_size=(8, 8)
+    )
     kept = TensorSource(images, labels, fixed, 6, seed=0, shuffle=False, keep=True)
     first, second = list(kept.batches(0)), list(kept.batches(1))
     assert all(a is c and b is d for (a, b), (c, d) in zip(first, second))  # made once
@@ -283,8 +298,10 @@ def test_tensor_source_keeps_the_batches_only_when_every_epoch_gives_the_same():
         torch.testing.assert_close(xk, x, rtol=0, atol=0)
         assert torch.equal(yk, y)
     # a random list or a shuffled order is made afresh every epoch, keep or not
-    for src in (TensorSource(images, labels, random, 6, seed=0, shuffle=False, keep=True),
-                TensorSource(images, labels, fixed, 6, seed=0, shuffle=True, keep=True)):
+    for src in (
+        TensorSource(images, labels, random, 6, seed=0, shuffle=False, keep=True),
+        TensorSource(images, labels, fixed, 6, seed=0, shuffle=True, keep=True),
+    ):
         a, b = torch.cat([x for x, _ in src.batches(0)]), torch.cat([x for x, _ in src.batches(1)])
         assert not torch.equal(a, b)
 
@@ -314,9 +331,17 @@ def test_train_one_epoch_reports_the_exact_mean_loss_and_accuracy():
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     src = TensorSource(images, labels, lambda x, g: x.float(), 5, seed=1)
     steps = []
-    res = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
-                          scheduler=Scheduler("none", None, opt), scaler=torch.amp.GradScaler("cpu", enabled=False),
-                          on_step=lambda step, images, loss: steps.append((step, images, float(loss))))
+    res = train_one_epoch(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        opt,
+        src,
+        epoch=0,
+        runtime=_runtime(),
+        scheduler=Scheduler("none", None, opt),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        on_step=lambda step, images, loss: steps.append((step, images, float(loss))),
+    )
     assert [(s, i) for s, i, _ in steps] == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 1)]  # every step, its batch size
     expect_loss = torch.nn.functional.cross_entropy(table, labels).item()
     expect_acc = (table.argmax(1) == labels).float().mean().item()
@@ -339,8 +364,16 @@ def test_train_one_epoch_names_the_first_non_finite_step():
     model = _Fixed(table)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with pytest.raises(NonFiniteLoss, match=rf"epoch 1, step {step};"):
-        train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
-                        scheduler=Scheduler("none", None, opt), scaler=torch.amp.GradScaler("cpu", enabled=False))
+        train_one_epoch(
+            model,
+            torch.nn.CrossEntropyLoss(),
+            opt,
+            src,
+            epoch=0,
+            runtime=_runtime(),
+            scheduler=Scheduler("none", None, opt),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+        )
 
 
 def _grads_of(model, x, y):
@@ -393,9 +426,17 @@ def test_clipping_happens_after_unscaling_and_is_reported():
     limit = true_norm / 4  # clipping bites: the step is a quarter of the plain one
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, enabled=True)
-    res = train_one_epoch(model, torch.nn.CrossEntropyLoss(), opt, src, epoch=0, runtime=_runtime(),
-                          scheduler=Scheduler("none", None, opt), scaler=scaler,
-                          clip=ClipParams(mode="norm", max=limit))
+    res = train_one_epoch(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        opt,
+        src,
+        epoch=0,
+        runtime=_runtime(),
+        scheduler=Scheduler("none", None, opt),
+        scaler=scaler,
+        clip=ClipParams(mode="norm", max=limit),
+    )
     assert res["grad_norm"] == pytest.approx(true_norm, rel=1e-4)
     assert res["grad_norm_max"] == pytest.approx(true_norm, rel=1e-4) and res["clipped"] == 1.0
     for p, b, g in zip(model.parameters(), before, raw):
@@ -417,12 +458,15 @@ def test_fit_logs_the_gradient_norm_when_clipping(tree, tmp_path):
     assert "grad_norm" not in plain["history"][0]
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("tutorial.modulelist_net", {"depth": 3, "width": 32}),
-    ("tutorial.moduledict_net", {"choice": "pool", "act": "prelu"}),
-    ("tutorial.beginner_net", None),
-    ("tutorial.net", {"activation": "GELU"}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("tutorial.modulelist_net", {"depth": 3, "width": 32}),
+        ("tutorial.moduledict_net", {"choice": "pool", "act": "prelu"}),
+        ("tutorial.beginner_net", None),
+        ("tutorial.net", {"activation": "GELU"}),
+    ],
+)
 def test_model_chapter_variants_train_an_epoch(tree, tmp_path, name, kwargs):
     over = {"model.name": name, "train.epochs": 1, "train.histograms": False}
     if kwargs:

@@ -1,4 +1,5 @@
 """The per-sample path: params entries -> torchvision.transforms.v2 pipelines."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,7 @@ def linear_file(tmp_path):
     """An identity whitening on 8x8 images (D = 3*8*8), small enough to be fast."""
     path = tmp_path / "zca.npz"
     d = 3 * 8 * 8
-    np.savez(path, transformation_matrix=np.eye(d, dtype=np.float32),
-             mean_vector=np.full(d, 0.5, dtype=np.float32))
+    np.savez(path, transformation_matrix=np.eye(d, dtype=np.float32), mean_vector=np.full(d, 0.5, dtype=np.float32))
     return str(path)
 
 
@@ -71,11 +71,15 @@ TUTORIAL = {
     "RandomGrayscale": ([{"RandomGrayscale": {"p": 1.0}}], (3, 32, 32)),
     "ToPILImage": ([{"ToPILImage": {}}, {"ColorJitter": {"contrast": 0.5}}, {"ToTensor": {}}], (3, 32, 32)),
     "Lambda": ([{"Lambda": {"fn": "identity"}}], (3, 32, 32)),
-    "RandomChoice": ([{"RandomChoice": {"transforms": [{"RandomRotation": {"degrees": 5}},
-                                                       {"Pad": {"padding": 0}}], "p": [1, 3]}}], (3, 32, 32)),
+    "RandomChoice": (
+        [{"RandomChoice": {"transforms": [{"RandomRotation": {"degrees": 5}}, {"Pad": {"padding": 0}}], "p": [1, 3]}}],
+        (3, 32, 32),
+    ),
     "RandomApply": ([{"RandomApply": {"transforms": [{"ColorJitter": {"brightness": 0.4}}], "p": 1.0}}], (3, 32, 32)),
-    "RandomOrder": ([{"RandomOrder": {"transforms": [{"RandomHorizontalFlip": {}},
-                                                     {"RandomVerticalFlip": {}}]}}], (3, 32, 32)),
+    "RandomOrder": (
+        [{"RandomOrder": {"transforms": [{"RandomHorizontalFlip": {}}, {"RandomVerticalFlip": {}}]}}],
+        (3, 32, 32),
+    ),
 }
 EXTRAS = {
     "RandomErasing": ([{"RandomErasing": {"p": 1.0, "value": "random"}}], (3, 32, 32)),
@@ -109,27 +113,47 @@ def test_claimed_transform_builds_and_runs(name, as_pil, img, linear_file):
 # --- every v2 Transform class, with default or small known arguments -------------------------
 
 KNOWN_KWARGS = {
-    "CenterCrop": {"size": 24}, "RandomCrop": {"size": 28}, "FiveCrop": {"size": 24},
-    "TenCrop": {"size": 24}, "RandomResizedCrop": {"size": 32}, "Resize": {"size": 32},
-    "RandomResize": {"min_size": 30, "max_size": 34}, "RandomShortestSize": {"min_size": 32},
-    "ScaleJitter": {"target_size": [32, 32]}, "Pad": {"padding": 2},
-    "RandomRotation": {"degrees": 10}, "RandomAffine": {"degrees": 10},
-    "GaussianBlur": {"kernel_size": 3}, "JPEG": {"quality": [50, 90]},
-    "RandomAdjustSharpness": {"sharpness_factor": 2.0}, "RandomPosterize": {"bits": 4},
-    "RandomSolarize": {"threshold": 0.5}, "UniformTemporalSubsample": {"num_samples": 1},
-    "ToDtype": {"dtype": "float32", "scale": True}, "ConvertBoundingBoxFormat": {"format": "XYXY"},
+    "CenterCrop": {"size": 24},
+    "RandomCrop": {"size": 28},
+    "FiveCrop": {"size": 24},
+    "TenCrop": {"size": 24},
+    "RandomResizedCrop": {"size": 32},
+    "Resize": {"size": 32},
+    "RandomResize": {"min_size": 30, "max_size": 34},
+    "RandomShortestSize": {"min_size": 32},
+    "ScaleJitter": {"target_size": [32, 32]},
+    "Pad": {"padding": 2},
+    "RandomRotation": {"degrees": 10},
+    "RandomAffine": {"degrees": 10},
+    "GaussianBlur": {"kernel_size": 3},
+    "JPEG": {"quality": [50, 90]},
+    "RandomAdjustSharpness": {"sharpness_factor": 2.0},
+    "RandomPosterize": {"bits": 4},
+    "RandomSolarize": {"threshold": 0.5},
+    "UniformTemporalSubsample": {"num_samples": 1},
+    "ToDtype": {"dtype": "float32", "scale": True},
+    "ConvertBoundingBoxFormat": {"format": "XYXY"},
     "SetClampingMode": {"clamping_mode": "soft"},
     "Normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
-    "Lambda": {"fn": "identity"}, "LinearTransformation": {"file": "@"},
+    "Lambda": {"fn": "identity"},
+    "LinearTransformation": {"file": "@"},
     "Compose": {"transforms": [{"RandomHorizontalFlip": {}}]},
     "RandomApply": {"transforms": [{"RandomHorizontalFlip": {}}]},
     "RandomChoice": {"transforms": [{"RandomHorizontalFlip": {}}]},
     "RandomOrder": {"transforms": [{"RandomHorizontalFlip": {}}]},
 }
 # Output sizes other than [3, 32, 32]; random-size ones give None (any H, W).
-SHAPES = {"CenterCrop": (3, 24, 24), "RandomCrop": (3, 28, 28), "FiveCrop": (5, 3, 24, 24),
-          "TenCrop": (10, 3, 24, 24), "Pad": (3, 36, 36), "LinearTransformation": (3, 8, 8),
-          "RandomResize": None, "ScaleJitter": None, "RandomZoomOut": None}
+SHAPES = {
+    "CenterCrop": (3, 24, 24),
+    "RandomCrop": (3, 28, 28),
+    "FiveCrop": (5, 3, 24, 24),
+    "TenCrop": (10, 3, 24, 24),
+    "Pad": (3, 36, 36),
+    "LinearTransformation": (3, 8, 8),
+    "RandomResize": None,
+    "ScaleJitter": None,
+    "RandomZoomOut": None,
+}
 
 
 @pytest.mark.parametrize("name", transform_names())
@@ -158,10 +182,12 @@ def test_walk_covers_the_tutorial_and_rejects_batch_transforms():
 
 # --- conversions, Normalize and stats --------------------------------------------------------
 
+
 def test_normalize_takes_the_stats(img):
     out = run([{"Normalize": {}}], img)
-    expected = (img.float() / 255 - torch.tensor(STATS["mean"])[:, None, None]) / torch.tensor(
-        STATS["std"])[:, None, None]
+    expected = (img.float() / 255 - torch.tensor(STATS["mean"])[:, None, None]) / torch.tensor(STATS["std"])[
+        :, None, None
+    ]
     torch.testing.assert_close(out, expected)
 
 
@@ -180,8 +206,7 @@ def test_normalize_without_stats_names_the_key(img):
 
 
 def test_float_conversion_goes_right_before_the_first_float_transform():
-    t = build_transform([{"ColorJitter": {"brightness": 0.2}}, {"RandomErasing": {}},
-                         {"Normalize": {}}], KEY, STATS)
+    t = build_transform([{"ColorJitter": {"brightness": 0.2}}, {"RandomErasing": {}}, {"Normalize": {}}], KEY, STATS)
     kinds = [type(x).__name__ for x in t.transforms]
     assert kinds == ["ColorJitter", "ToImage", "ToDtype", "RandomErasing", "Normalize", "ToPureTensor"]
 
@@ -208,8 +233,9 @@ def test_grayscale_keeps_three_channels_unless_told(img):
 
 
 def test_enum_and_dtype_arguments_are_converted(img):
-    t = build_transform([{"AutoAugment": {"policy": "CIFAR10"}},
-                         {"Resize": {"size": 16, "interpolation": "nearest"}}], KEY, None)
+    t = build_transform(
+        [{"AutoAugment": {"policy": "CIFAR10"}}, {"Resize": {"size": 16, "interpolation": "nearest"}}], KEY, None
+    )
     auto, resize = t.transforms[0], t.transforms[1]
     assert auto.policy is v2.AutoAugmentPolicy.CIFAR10
     assert resize.interpolation is InterpolationMode.NEAREST
@@ -218,6 +244,7 @@ def test_enum_and_dtype_arguments_are_converted(img):
 
 
 # --- multi-crop -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name,n", [("FiveCrop", 5), ("TenCrop", 10)])
 def test_multicrop_stacks_and_counts(name, n, img):
@@ -246,11 +273,18 @@ def test_multicrop_inside_a_random_container_is_refused():
 
 # --- nesting ----------------------------------------------------------------------------------
 
+
 def test_nested_containers_run(img):
-    entries = [{"RandomChoice": {"transforms": [
-        {"RandomApply": {"p": 1.0, "transforms": [{"Normalize": {}}, {"RandomErasing": {"p": 1.0}}]}},
-        {"Compose": {"transforms": [{"ToPILImage": {}}, {"Grayscale": {}}]}},
-    ]}}]
+    entries = [
+        {
+            "RandomChoice": {
+                "transforms": [
+                    {"RandomApply": {"p": 1.0, "transforms": [{"Normalize": {}}, {"RandomErasing": {"p": 1.0}}]}},
+                    {"Compose": {"transforms": [{"ToPILImage": {}}, {"Grayscale": {}}]}},
+                ]
+            }
+        }
+    ]
     check_transforms(entries, KEY)
     for seed in range(4):
         torch.manual_seed(seed)
@@ -258,8 +292,11 @@ def test_nested_containers_run(img):
 
 
 def test_nested_errors_name_the_path():
-    entries = [{"RandomCrop": {"size": 32}}, {"RandomCrop": {"size": 32}},
-               {"RandomApply": {"transforms": [{"ColorJitter": {"brightnes": 0.4}}]}}]
+    entries = [
+        {"RandomCrop": {"size": 32}},
+        {"RandomCrop": {"size": 32}},
+        {"RandomApply": {"transforms": [{"ColorJitter": {"brightnes": 0.4}}]}},
+    ]
     with pytest.raises(ParamsError) as err:
         check_transforms(entries, KEY)
     assert err.value.key == "augment.train.2.RandomApply.transforms.0.ColorJitter.brightnes"
@@ -267,6 +304,7 @@ def test_nested_errors_name_the_path():
 
 
 # --- errors -----------------------------------------------------------------------------------
+
 
 def test_bad_name():
     with pytest.raises(ParamsError) as err:
@@ -328,8 +366,9 @@ def test_linear_transformation_file_checks(tmp_path, linear_file, img):
     cases["mean_vector"] = str(tmp_path / "mean.npz")
     np.savez(tmp_path / "nomean.npz", transformation_matrix=np.eye(6))
     cases["no 'mean_vector'"] = str(tmp_path / "nomean.npz")
-    np.savez(tmp_path / "pickled.npz", transformation_matrix=np.array([{"a": 1}], dtype=object),
-             mean_vector=np.zeros(1))
+    np.savez(
+        tmp_path / "pickled.npz", transformation_matrix=np.array([{"a": 1}], dtype=object), mean_vector=np.zeros(1)
+    )
     cases["cannot be read"] = str(tmp_path / "pickled.npz")
     cases["does not exist"] = str(tmp_path / "absent.npz")
     for message, path in cases.items():

@@ -10,6 +10,7 @@
   also visualize and two torchrun ranks, and an edit to the package reruns those stages;
 * a name that clashes with a built-in one, or is registered twice, is one line naming both.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,11 @@ torch.set_num_threads(1)
 
 PEPPER = {"AddPepperNoise": {"snr": 0.95, "p": 0.5}}
 #: The three examples at once, as the README's `dvc exp run -S ...` sets them.
-USER_CHOICE = {"model.name": "user.my_nn", "loss.name": "FocalLoss",
-               "augment.train": [PEPPER, {"RandomHorizontalFlip": {}}, {"Normalize": {}}]}
+USER_CHOICE = {
+    "model.name": "user.my_nn",
+    "loss.name": "FocalLoss",
+    "augment.train": [PEPPER, {"RandomHorizontalFlip": {}}, {"Normalize": {}}],
+}
 
 
 # --- registration ---------------------------------------------------------------------------
@@ -181,9 +185,11 @@ def test_pepper_noise_from_params_runs_per_sample_and_checks_its_arguments():
     t = build_transform(entries, "augment.train", {"mean": [0.5] * 3, "std": [0.25] * 3})
     out = t(torch.full((3, 32, 32), 128, dtype=torch.uint8))
     assert out.dtype == torch.float32 and out.shape == (3, 32, 32)
-    for kwargs, key in [({"snr": 1.5}, "augment.train.0.AddPepperNoise"),
-                        ({"snr": 0.9, "q": 1}, "augment.train.0.AddPepperNoise.q"),
-                        ({}, "augment.train.0.AddPepperNoise")]:
+    for kwargs, key in [
+        ({"snr": 1.5}, "augment.train.0.AddPepperNoise"),
+        ({"snr": 0.9, "q": 1}, "augment.train.0.AddPepperNoise.q"),
+        ({}, "augment.train.0.AddPepperNoise"),
+    ]:
         with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
             check_transforms([{"AddPepperNoise": kwargs}], "augment.train")
 
@@ -195,8 +201,9 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero():
     gen = torch.Generator().manual_seed(0)
     logits, target = torch.randn(64, 10, generator=gen), torch.randint(0, 10, (64,), generator=gen)
     torch.testing.assert_close(FocalLoss(gamma=0.0)(logits, target), F.cross_entropy(logits, target))
-    torch.testing.assert_close(FocalLoss(gamma=0.0, reduction="sum")(logits, target),
-                               F.cross_entropy(logits, target, reduction="sum"))
+    torch.testing.assert_close(
+        FocalLoss(gamma=0.0, reduction="sum")(logits, target), F.cross_entropy(logits, target, reduction="sum")
+    )
     alpha = [0.1 * (i + 1) for i in range(10)]
     per = F.cross_entropy(logits, target, reduction="none") * torch.tensor(alpha)[target]
     torch.testing.assert_close(FocalLoss(gamma=0.0, alpha=alpha)(logits, target), per.mean())
@@ -206,7 +213,7 @@ def test_focal_loss_weighs_easy_examples_down():
     target = torch.tensor([0, 0])
     logits = torch.tensor([[6.0] + [0.0] * 9, [0.5] + [0.0] * 9])  # easy (p_t ~ 0.98), hard (p_t ~ 0.15)
     ce = F.cross_entropy(logits, target, reduction="none")
-    fl = torch.stack([FocalLoss(gamma=2.0, reduction="sum")(logits[i:i + 1], target[i:i + 1]) for i in range(2)])
+    fl = torch.stack([FocalLoss(gamma=2.0, reduction="sum")(logits[i : i + 1], target[i : i + 1]) for i in range(2)])
     ratio = fl / ce
     assert ratio[0] < 0.001 and ratio[1] > 0.7, ratio  # (1 - p_t)^2
     certain = torch.tensor([[60.0] + [0.0] * 9], requires_grad=True)  # p_t is 1.0 in float32
@@ -219,12 +226,14 @@ def test_focal_loss_from_params_checks_its_arguments():
     check_loss(params)
     loss = build_loss(params)
     assert isinstance(loss, FocalLoss) and loss.gamma == 2.0 and loss.alpha.tolist() == [1.0] * 10
-    for kwargs, words in [({"gamma": -1}, "gamma must be >= 0"),
-                          ({"alpha": [1, 2]}, "alpha must list 10 weights"),
-                          ({"gamma": "big"}, "loss.FocalLoss.gamma: must be a finite number"),
-                          ({"num_classes": 5}, "loss.FocalLoss.num_classes: cannot be set here"),
-                          ({"reduction": "none"}, "loss.FocalLoss.reduction"),
-                          ({"gama": 2}, "loss.FocalLoss.gama: unknown argument")]:
+    for kwargs, words in [
+        ({"gamma": -1}, "gamma must be >= 0"),
+        ({"alpha": [1, 2]}, "alpha must list 10 weights"),
+        ({"gamma": "big"}, "loss.FocalLoss.gamma: must be a finite number"),
+        ({"num_classes": 5}, "loss.FocalLoss.num_classes: cannot be set here"),
+        ({"reduction": "none"}, "loss.FocalLoss.reduction"),
+        ({"gama": 2}, "loss.FocalLoss.gama: unknown argument"),
+    ]:
         with pytest.raises(ParamsError, match=words):
             check_loss(LossParams(name="FocalLoss", FocalLoss=kwargs))
 
@@ -261,8 +270,15 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("tree")
     arc = make_archive(root / "a.tar.gz", per_class=4)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in {**USER_CHOICE, "loss.FocalLoss": {"gamma": 1.5}, "train.epochs": 1, "train.batch_size": 8, "runtime.threads": 1,
-                          "train.device": "cpu", "train.histograms": False}.items():
+    for dotted, value in {
+        **USER_CHOICE,
+        "loss.FocalLoss": {"gamma": 1.5},
+        "train.epochs": 1,
+        "train.batch_size": 8,
+        "runtime.threads": 1,
+        "train.device": "cpu",
+        "train.histograms": False,
+    }.items():
         set_dotted(raw, dotted, value)
     params = parse_params(raw)
     cwd = os.getcwd()
@@ -274,10 +290,17 @@ def trained(tmp_path_factory):
         split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, **quiet)
         write_indexes("data/split", CLASSES, "data/index", **quiet)
         write_stats("data/index/train.txt", "data/stats/normalize.json", **quiet)
-        paths = Paths(train_index=root / "data/index/train.txt", valid_index=root / "data/index/valid.txt",
-                      stats=root / "data/stats/normalize.json", meta=root / "data/meta.json",
-                      models=root / "models", reports=root / "reports", tensorboard=root / "tb",
-                      checkpoints=root / "ckpt", root=root)
+        paths = Paths(
+            train_index=root / "data/index/train.txt",
+            valid_index=root / "data/index/valid.txt",
+            stats=root / "data/stats/normalize.json",
+            meta=root / "data/meta.json",
+            models=root / "models",
+            reports=root / "reports",
+            tensorboard=root / "tb",
+            checkpoints=root / "ckpt",
+            root=root,
+        )
         history = fit(params, paths, log=lambda *a: lines.append(" ".join(map(str, a))))["history"]
     finally:
         os.chdir(cwd)
@@ -303,7 +326,7 @@ def test_the_user_model_evaluates_predicts_and_exports(trained, tmp_path):
         os.chdir(cwd)
     assert report["images"] == 10 and 0 <= report["accuracy"] <= 1
     picture = next((root / "data/png").rglob("*.png"))
-    (_, top), = predict_files(model, [picture], top_k=3)
+    ((_, top),) = predict_files(model, [picture], top_k=3)
     assert len(top) == 3 and {c for c, _ in top} <= set(CLASSES)
     out = tmp_path / "model.onnx"
     export_onnx(model, out, log=lambda *_: None)
@@ -326,11 +349,23 @@ def test_a_model_file_of_a_user_model_no_longer_registered_is_one_line(tmp_path,
 @pytest.mark.slow
 def test_dvc_exp_run_selects_all_three_and_an_edit_reruns_what_runs_them(tmp_path):
     """The README's command: every stage, two torchrun ranks for train, then the package edited."""
-    proj = make_project(tmp_path / "proj", make_archive(tmp_path / "a.tar.gz", per_class=10),
-                        params=dict(TINY, **{"train.epochs": 1, "visualize.gradcam_images": 2}))
-    res = proj.dvc("exp", "run", "-S", "model.name=user.my_nn", "-S", "loss.name=FocalLoss", "-S",
-                   "augment.train=[{AddPepperNoise:{snr:0.95,p:0.5}},{RandomHorizontalFlip:{}},{Normalize:{}}]",
-                   "-S", "++train.nproc=2")
+    proj = make_project(
+        tmp_path / "proj",
+        make_archive(tmp_path / "a.tar.gz", per_class=10),
+        params=dict(TINY, **{"train.epochs": 1, "visualize.gradcam_images": 2}),
+    )
+    res = proj.dvc(
+        "exp",
+        "run",
+        "-S",
+        "model.name=user.my_nn",
+        "-S",
+        "loss.name=FocalLoss",
+        "-S",
+        "augment.train=[{AddPepperNoise:{snr:0.95,p:0.5}},{RandomHorizontalFlip:{}},{Normalize:{}}]",
+        "-S",
+        "++train.nproc=2",
+    )
     assert {"train", "evaluate", "export", "visualize"} <= set(proj.ran(res)), res.stdout
     assert "2 processes under torchrun" in res.stdout and "AddPepperNoise not covered" in res.stdout
     _, meta = load_model(proj.path / "models/model.pt")
@@ -347,6 +382,12 @@ def test_dvc_exp_run_selects_all_three_and_an_edit_reruns_what_runs_them(tmp_pat
 
     (proj.path / "src/cifarlab_user/clash.py").write_text(
         "from torch import nn\nfrom cifarlab.register import register_loss\n\n\n"
-        "@register_loss('NLLLoss')\nclass NLLLoss(nn.Module):\n    pass\n")
-    assert_fails_cleanly(proj, "train", "cifarlab_user.clash.NLLLoss", "clashes with the built-in torch.nn.NLLLoss",
-                         params={"train.nproc": 1})  # one process: the line itself, not torchrun's summary
+        "@register_loss('NLLLoss')\nclass NLLLoss(nn.Module):\n    pass\n"
+    )
+    assert_fails_cleanly(
+        proj,
+        "train",
+        "cifarlab_user.clash.NLLLoss",
+        "clashes with the built-in torch.nn.NLLLoss",
+        params={"train.nproc": 1},
+    )  # one process: the line itself, not torchrun's summary

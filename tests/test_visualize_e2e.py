@@ -4,6 +4,7 @@
 the TensorBoard run must exist; a visualize param reruns visualize alone; the experiments'
 runs gather into one folder; a bad layer name stops the stage with the valid names.
 """
+
 import json
 
 import pytest
@@ -15,8 +16,11 @@ from cifarlab.pipeline.visualize import PICTURES
 from dvc_project import make_project
 
 ALL = ["unpack", "split", "index", "stats", "train", "evaluate", "export", "visualize"]
-TINY = {"model": {"name": "tutorial.net"}, "train": {"epochs": 1, "batch_size": 40},
-        "visualize": {"grid_images": 8, "embedding_images": 10, "feature_images": 2, "gradcam_images": 4}}
+TINY = {
+    "model": {"name": "tutorial.net"},
+    "train": {"epochs": 1, "batch_size": 40},
+    "visualize": {"grid_images": 8, "embedding_images": 10, "feature_images": 2, "gradcam_images": 4},
+}
 
 
 def _merge(node: dict, changes: dict) -> None:

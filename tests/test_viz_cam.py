@@ -1,5 +1,6 @@
 """CAM, Grad-CAM through a tensor hook, boxes, activations before and after the nonlinearity and
 full backward hooks (viz/cam.py, viz/hooks.py), on real models; and in the stage's outputs."""
+
 import io
 
 import numpy as np
@@ -28,7 +29,7 @@ def grad_cam_by_autograd(model, layer, x, target):
         with torch.enable_grad():
             logits = model(x.detach().requires_grad_(True))
             score = logits.float().gather(1, target.view(-1, 1)).sum()
-            grad, = torch.autograd.grad(score, [saved["act"]])
+            (grad,) = torch.autograd.grad(score, [saved["act"]])
     finally:
         handle.remove()
     act = saved["act"].detach().float()
@@ -52,7 +53,9 @@ def test_grad_cam_by_tensor_hook_equals_autograd_grad(name, layer):
 class GapNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(12, 10)
 
@@ -82,9 +85,9 @@ def test_cam_on_resnet8_uses_its_global_max_pooling_and_refuses_the_tutorial_net
 
 def test_box_is_the_largest_connected_region_above_the_threshold():
     heat = torch.zeros(10, 12)
-    heat[1:3, 1:3] = 1.0     # the peak, 4 pixels
-    heat[5:9, 4:10] = 0.5    # 24 pixels above 20% of the peak: the largest region
-    heat[0, 11] = 0.15       # below 20%: ignored
+    heat[1:3, 1:3] = 1.0  # the peak, 4 pixels
+    heat[5:9, 4:10] = 0.5  # 24 pixels above 20% of the peak: the largest region
+    heat[0, 11] = 0.15  # below 20%: ignored
     assert cam.box(heat, 0.2) == (4, 5, 9, 8)
     assert cam.box(heat, 0.6) == (1, 1, 2, 2)
     diagonal = torch.eye(5)  # 4-connectivity: diagonal pixels are separate regions of one

@@ -4,6 +4,7 @@ A one-stage pipeline writes a train and a visualize TensorBoard run whose values
 param; `dvc exp run -S` makes experiments of it. Gathering must copy each experiment's own
 runs (read back with TensorBoard's reader), through DVC, into OUT/<experiment>/<run>.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,7 +17,7 @@ from cifarlab.errors import CifarlabError
 from cifarlab.gather import gather
 from dvc_project import Project
 
-WRITER = '''
+WRITER = """
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
@@ -27,15 +28,15 @@ for run in ("train", "visualize"):
     if run == "train":
         w.add_hparams({"x": x}, {"hparam/double": 2 * x}, run_name=".")
     w.close()
-'''
+"""
 
-DVC_YAML = '''stages:
+DVC_YAML = """stages:
   runs:
     cmd: python write_runs.py
     deps: [write_runs.py]
     params: [x]
     outs: [reports/tensorboard/train, reports/tensorboard/visualize]
-'''
+"""
 
 
 @pytest.fixture(scope="module")

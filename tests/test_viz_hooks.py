@@ -1,4 +1,5 @@
 """Hooks on real registry models: layer tables, feature maps, Grad-CAM, gradients, kernel grids."""
+
 import pytest
 import torch
 
@@ -44,11 +45,17 @@ def test_auto_layers_are_convs_in_forward_order(built):
     assert layers.classifier_layer(table) == "fc"
 
 
-@pytest.mark.parametrize("name, wanted", [
-    ("tutorial.net", {"conv1": (6, 28, 28), "pool2": (16, 5, 5)}),
-    ("cifarlab.resnet8", {"stem": (16, 32, 32), "stage1.4.conv1.0": (32, 16, 16), "stage3": (128, 4, 4)}),
-    ("torchvision.resnet18", {"layer1.0.conv1": (64, 32, 32), "layer2": (128, 16, 16), "layer4.1.bn2": (512, 4, 4)}),
-])
+@pytest.mark.parametrize(
+    "name, wanted",
+    [
+        ("tutorial.net", {"conv1": (6, 28, 28), "pool2": (16, 5, 5)}),
+        ("cifarlab.resnet8", {"stem": (16, 32, 32), "stage1.4.conv1.0": (32, 16, 16), "stage3": (128, 4, 4)}),
+        (
+            "torchvision.resnet18",
+            {"layer1.0.conv1": (64, 32, 32), "layer2": (128, 16, 16), "layer4.1.bn2": (512, 4, 4)},
+        ),
+    ],
+)
 def test_feature_maps_of_named_layers(built, name, wanted):
     model, table = built[name]
     assert layers.feature_layers(table, list(wanted)) == list(wanted)

@@ -1,4 +1,5 @@
 """visualize.* in params.yaml: strict keys, counts of at least 1, defaults that need no model."""
+
 import copy
 from pathlib import Path
 
@@ -25,19 +26,22 @@ def test_shipped_section_matches_the_schema_defaults():
     assert shipped.kernels_layer == shipped.gradcam_layer == shipped.feature_layers == "auto"
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("gradcam_images", 0, "greater than or equal to 1"),
-    ("feature_images", 0, "greater than or equal to 1"),
-    ("embedding_images", 0, "greater than or equal to 1"),
-    ("grid_images", 0, "greater than or equal to 1"),
-    ("feature_channels", 0, "greater than or equal to 1"),
-    ("batch_size", 0, "greater than or equal to 1"),
-    ("device", "tpu", "auto, cpu"),
-    ("kernels_layer", "", "at least 1 character"),
-    ("feature_layers", [], "non-empty list"),
-    ("classes", "cat", "valid list"),
-    ("grad_cam_layer", "conv2", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("gradcam_images", 0, "greater than or equal to 1"),
+        ("feature_images", 0, "greater than or equal to 1"),
+        ("embedding_images", 0, "greater than or equal to 1"),
+        ("grid_images", 0, "greater than or equal to 1"),
+        ("feature_channels", 0, "greater than or equal to 1"),
+        ("batch_size", 0, "greater than or equal to 1"),
+        ("device", "tpu", "auto, cpu"),
+        ("kernels_layer", "", "at least 1 character"),
+        ("feature_layers", [], "non-empty list"),
+        ("classes", "cat", "valid list"),
+        ("grad_cam_layer", "conv2", "unknown key"),
+    ],
+)
 def test_bad_values_name_the_key_and_value(key, value, words):
     with pytest.raises(ParamsError) as err:
         parse_params(with_visualize(**{key: value}))
@@ -52,4 +56,7 @@ def test_a_single_layer_name_becomes_a_list():
     p = parse_params(with_visualize(feature_layers="conv2", classes=[3, "dog"]))
     assert p.visualize.feature_layers == ["conv2"]
     assert p.visualize.classes == [3, "dog"]
-    assert parse_params(with_visualize(feature_layers=["conv1", "conv2"])).visualize.feature_layers == ["conv1", "conv2"]
+    assert parse_params(with_visualize(feature_layers=["conv1", "conv2"])).visualize.feature_layers == [
+        "conv1",
+        "conv2",
+    ]

@@ -4,6 +4,7 @@
 the model file with its history, report.json) in the pipeline's own formats; the
 TensorBoard server test reuses it.
 """
+
 from __future__ import annotations
 
 import io
@@ -32,12 +33,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STATS = {"mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "images": 20}
-SMALL = {"batch_size": 16, "grid_images": 8, "embedding_images": 12, "feature_images": 2,
-         "feature_channels": 4, "gradcam_images": 4}
+SMALL = {
+    "batch_size": 16,
+    "grid_images": 8,
+    "embedding_images": 12,
+    "feature_images": 2,
+    "feature_channels": 4,
+    "gradcam_images": 4,
+}
 
 
-def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3), epochs: int = 2,
-                   eval_transforms=None, channels_last: bool = False) -> VizPaths:
+def make_workspace(
+    root: Path,
+    model_name: str = "tutorial.net",
+    per_class=(2, 3),
+    epochs: int = 2,
+    eval_transforms=None,
+    channels_last: bool = False,
+) -> VizPaths:
     """Everything the stage reads, in the pipeline's formats, under `root`."""
     rng = np.random.default_rng(0)
     # the validation split has as many images as the training one
@@ -55,11 +68,29 @@ def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3
     (root / "data/stats/normalize.json").write_text(json.dumps(STATS))
     torch.manual_seed(0)
     model = build_model(model_name)
-    rows = [{"epoch": e + 1, "train_loss": 2.3 - 0.2 * e, "train_acc": 0.1 + 0.1 * e, "valid_loss": 2.3 - 0.1 * e,
-             "valid_acc": 0.1 + 0.05 * e, "lr_0": 0.05 / (e + 1)} for e in range(epochs)]
-    save_model(root / "models/model.pt", model, name=model_name, kwargs={}, classes=CLASSES, normalize=STATS,
-               eval_transforms=eval_transforms or [{"Normalize": {}}], channels_last=channels_last, epoch=epochs,
-               history=rows)
+    rows = [
+        {
+            "epoch": e + 1,
+            "train_loss": 2.3 - 0.2 * e,
+            "train_acc": 0.1 + 0.1 * e,
+            "valid_loss": 2.3 - 0.1 * e,
+            "valid_acc": 0.1 + 0.05 * e,
+            "lr_0": 0.05 / (e + 1),
+        }
+        for e in range(epochs)
+    ]
+    save_model(
+        root / "models/model.pt",
+        model,
+        name=model_name,
+        kwargs={},
+        classes=CLASSES,
+        normalize=STATS,
+        eval_transforms=eval_transforms or [{"Normalize": {}}],
+        channels_last=channels_last,
+        epoch=epochs,
+        history=rows,
+    )
     # the train stage's per-layer diagnostics, measured on this model as the train stage does
     diag = LayerDiagnostics(model, torch.nn.CrossEntropyLoss(), (torch.randn(8, 3, 32, 32), torch.arange(8)))
     for e in range(epochs + 1):
@@ -71,11 +102,17 @@ def make_workspace(root: Path, model_name: str = "tutorial.net", per_class=(2, 3
     report["confusion"] = {"classes": CLASSES, "counts": cm.tolist()}
     (root / "reports/eval").mkdir(parents=True)
     (root / "reports/eval/report.json").write_text(json.dumps(report))
-    return VizPaths(model=root / "models/model.pt", train_index=root / "data/index/train.txt",
-                    test_index=root / "data/index/test.txt", stats=root / "data/stats/normalize.json",
-                    report=root / "reports/eval/report.json", figures=root / "reports/figures",
-                    tensorboard=root / "reports/tensorboard/visualize", root=root,
-                    layers=root / "reports/train/layers.csv")
+    return VizPaths(
+        model=root / "models/model.pt",
+        train_index=root / "data/index/train.txt",
+        test_index=root / "data/index/test.txt",
+        stats=root / "data/stats/normalize.json",
+        report=root / "reports/eval/report.json",
+        figures=root / "reports/figures",
+        tensorboard=root / "reports/tensorboard/visualize",
+        root=root,
+        layers=root / "reports/train/layers.csv",
+    )
 
 
 def params_with(**visualize):
@@ -119,12 +156,26 @@ def test_tensorboard_run_has_every_kind_of_record(net_run):
     paths, _ = net_run
     acc = read_run(paths.tensorboard)
     tags = acc.Tags()
-    assert {"inputs/augmented_train", "kernels/conv1", "kernels/conv1/per_channel", "feature_maps/conv1",
-            "feature_maps/conv2", "figures/confusion_matrix", "figures/per_class", "figures/training_curves",
-            "figures/grad_cam", "figures/feature_maps", "figures/weights", "figures/gradients",
-            "figures/activation_maps", "figures/confusion_splits", "figures/layers",
-            "feature_maps/conv1/before_activation", "feature_maps/conv1/after_activation",
-            "grad_cam/boxes/0"} <= set(tags["images"])
+    assert {
+        "inputs/augmented_train",
+        "kernels/conv1",
+        "kernels/conv1/per_channel",
+        "feature_maps/conv1",
+        "feature_maps/conv2",
+        "figures/confusion_matrix",
+        "figures/per_class",
+        "figures/training_curves",
+        "figures/grad_cam",
+        "figures/feature_maps",
+        "figures/weights",
+        "figures/gradients",
+        "figures/activation_maps",
+        "figures/confusion_splits",
+        "figures/layers",
+        "feature_maps/conv1/before_activation",
+        "feature_maps/conv1/after_activation",
+        "grad_cam/boxes/0",
+    } <= set(tags["images"])
     image = acc.Images("inputs/augmented_train")[0]
     assert image.step == 2  # the model's epoch
     with Image.open(io.BytesIO(image.encoded_image_string)) as im:
@@ -137,8 +188,12 @@ def test_tensorboard_run_has_every_kind_of_record(net_run):
     assert set(pr) == {f"pr_curve/{c}" for c in CLASSES}
     curve = torch.tensor(np.array(acc.Tensors("pr_curve/cat")[0].tensor_proto.float_val)).reshape(6, -1)
     assert curve[0, 0] + curve[1, 0] == 30  # true + false positives at threshold 0: every test image
-    assert set(acc.PluginTagToContent("text")) == {"params/text_summary", "model/summary/text_summary",
-                                                    "visualize/layers/text_summary", "gradients/layers/text_summary"}
+    assert set(acc.PluginTagToContent("text")) == {
+        "params/text_summary",
+        "model/summary/text_summary",
+        "visualize/layers/text_summary",
+        "gradients/layers/text_summary",
+    }
     assert acc.Graph() is not None and len(acc.Graph().node) > 5
 
 
@@ -160,8 +215,11 @@ def test_channels_last_resnet_with_five_crop_eval_and_chosen_classes(tmp_path):
     five = [{"FiveCrop": {"size": 28}}, {"Normalize": {}}]
     paths = make_workspace(tmp_path, "cifarlab.resnet8", eval_transforms=five, channels_last=True)
     lines = []
-    plan = run_visualize(params_with(classes=["cat", 5], feature_layers=["stage1", "stage3.4"],
-                                     gradcam_layer="stage2"), paths, log=lines.append)
+    plan = run_visualize(
+        params_with(classes=["cat", 5], feature_layers=["stage1", "stage3.4"], gradcam_layer="stage2"),
+        paths,
+        log=lines.append,
+    )
     assert plan.features == ["stage1", "stage3.4"] and plan.gradcam == "stage2" and plan.classes == [3, 5]
     for n in PICTURES:
         with Image.open(paths.figures / f"{n}.png") as im:
@@ -190,21 +248,25 @@ def test_train_grid_uses_the_training_augmentation(tmp_path):
     fast = [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {}}, {"Normalize": {}}]
     slow = [{"ColorJitter": {"brightness": 0.5}}, {"RandomRotation": {"degrees": 10}}, {"Normalize": {}}]
     for entries in (fast, slow):
-        a, labels = train_grid_images(paths.train_index, entries, STATS, count=6, seed=0, num_classes=10, root=paths.root)
+        a, labels = train_grid_images(
+            paths.train_index, entries, STATS, count=6, seed=0, num_classes=10, root=paths.root
+        )
         b, _ = train_grid_images(paths.train_index, entries, STATS, count=6, seed=0, num_classes=10, root=paths.root)
         c, _ = train_grid_images(paths.train_index, entries, STATS, count=6, seed=1, num_classes=10, root=paths.root)
         assert a.shape == (6, 3, 32, 32) and labels.shape == (6,)
         assert a.min() >= 0 and a.max() <= 1
         assert torch.equal(a, b) and not torch.equal(a, c)  # seeded
-    ten, labels = train_grid_images(paths.train_index, [{"TenCrop": {"size": 24}}], STATS, count=2, seed=0,
-                                     num_classes=10, root=paths.root)
+    ten, labels = train_grid_images(
+        paths.train_index, [{"TenCrop": {"size": 24}}], STATS, count=2, seed=0, num_classes=10, root=paths.root
+    )
     assert ten.shape == (20, 3, 24, 24) and labels.shape == (20,)
 
 
 def test_denormalize_undoes_normalize():
     x = torch.rand(2, 3, 8, 8)
-    norms = normalize_entries([{"Normalize": {}}, {"Normalize": {"mean": [0.5] * 3, "std": [2.0] * 3}}],
-                              STATS, "augment.train")
+    norms = normalize_entries(
+        [{"Normalize": {}}, {"Normalize": {"mean": [0.5] * 3, "std": [2.0] * 3}}], STATS, "augment.train"
+    )
     mean, std = torch.tensor(STATS["mean"]).view(3, 1, 1), torch.tensor(STATS["std"]).view(3, 1, 1)
     z = ((x - mean) / std - 0.5) / 2.0
     assert torch.allclose(denormalize(z, norms), x, atol=1e-6)

@@ -1,6 +1,7 @@
 """The tiny data tree the in-process training tests share: what the data stages write
 (unpack, split, index, stats) from a `make_archive` test batch, and the train stage's
 `Paths` over it. conftest.py's module-scoped `tree` fixture builds one per test module."""
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,14 @@ def make_tree(root: Path, per_class: int) -> Path:
 
 def train_paths(root: Path, out: Path) -> Paths:
     """The train stage's inputs in the tree at `root`, its outputs (and checkpoints) under `out`."""
-    return Paths(train_index=root / "data/index/train.txt", valid_index=root / "data/index/valid.txt",
-                 stats=root / "data/stats/normalize.json", meta=root / "data/meta.json", models=out / "models",
-                 reports=out / "reports", tensorboard=out / "tb", checkpoints=out / "ckpt", root=root)
+    return Paths(
+        train_index=root / "data/index/train.txt",
+        valid_index=root / "data/index/valid.txt",
+        stats=root / "data/stats/normalize.json",
+        meta=root / "data/meta.json",
+        models=out / "models",
+        reports=out / "reports",
+        tensorboard=out / "tb",
+        checkpoints=out / "ckpt",
+        root=root,
+    )

@@ -1,4 +1,5 @@
 """`python -m cifarlab`: the same command as `cifarlab`."""
+
 import sys
 
 from cifarlab.cli import main

@@ -9,6 +9,7 @@ The file also holds the sha256 of its tensors, so a file damaged after it was wr
 (truncated, emptied, bytes changed inside a tensor, which torch.load alone does not notice)
 is an error naming it and how to get it back, never a model that silently predicts garbage.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,30 @@ from cifarlab.models.registry import build_model
 REBUILD = "rebuild it with `dvc repro train`, or fetch the committed one with `dvc pull`"
 
 
-def save_model(path: str | Path, model: torch.nn.Module, *, name: str, kwargs: dict, classes: list[str],
-               normalize: dict, eval_transforms: list, channels_last: bool, **info) -> None:
+def save_model(
+    path: str | Path,
+    model: torch.nn.Module,
+    *,
+    name: str,
+    kwargs: dict,
+    classes: list[str],
+    normalize: dict,
+    eval_transforms: list,
+    channels_last: bool,
+    **info,
+) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    payload = {"format": "cifarlab.model/1", "model": state, "name": name, "kwargs": kwargs,
-               "classes": list(classes), "normalize": normalize, "eval_transforms": eval_transforms,
-               "channels_last": channels_last, **info}
+    payload = {
+        "format": "cifarlab.model/1",
+        "model": state,
+        "name": name,
+        "kwargs": kwargs,
+        "classes": list(classes),
+        "normalize": normalize,
+        "eval_transforms": eval_transforms,
+        "channels_last": channels_last,
+        **info,
+    }
     payload["sha256"] = state_digest(state)
     # through a file object: torch.save given a path names the zip's inner folder after the file,
     # here a random temporary name, and two identical runs would write different bytes; and into
@@ -53,9 +72,11 @@ def state_digest(state: dict) -> str:
 
 
 def _damaged(path: Path, why: str) -> CifarlabError:
-    return CifarlabError(f"{path}: the model file is damaged ({why}); rebuild it with `dvc repro train` "
-                         "(or `dvc repro -f train` if DVC thinks it is up to date), or fetch the cached one "
-                         "with `dvc checkout train` or `dvc pull train`")
+    return CifarlabError(
+        f"{path}: the model file is damaged ({why}); rebuild it with `dvc repro train` "
+        "(or `dvc repro -f train` if DVC thinks it is up to date), or fetch the cached one "
+        "with `dvc checkout train` or `dvc pull train`"
+    )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -68,9 +89,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     except Exception as exc:  # weights_only refuses anything but tensors and containers
         refused, detail = load_error(exc)
         if refused:
-            raise CifarlabError(f"{path}: not a cifarlab model file: refused, it holds Python objects other than "
-                                f"tensors (a pickle that could run code); torch.load(weights_only=True) rejected "
-                                f"it and nothing in it was run ({detail}); {REBUILD}") from None
+            raise CifarlabError(
+                f"{path}: not a cifarlab model file: refused, it holds Python objects other than "
+                f"tensors (a pickle that could run code); torch.load(weights_only=True) rejected "
+                f"it and nothing in it was run ({detail}); {REBUILD}"
+            ) from None
         if path.stat().st_size == 0:
             raise _damaged(path, "an empty file") from None
         if _is_zip(path):  # torch's own format, cut short or corrupt
@@ -90,8 +113,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         model = build_model(payload["name"], payload["kwargs"], num_classes=len(payload["classes"]))
     except ParamsError as exc:  # a name this code no longer has (a user model renamed or removed)
         why = str(exc).removeprefix("params.yaml: ")
-        raise CifarlabError(f"{path}: its model {payload['name']} cannot be built by this code ({why}); "
-                            f"{REBUILD}") from None
+        raise CifarlabError(
+            f"{path}: its model {payload['name']} cannot be built by this code ({why}); {REBUILD}"
+        ) from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:  # tensors missing, renamed or of the wrong shape: a damaged file

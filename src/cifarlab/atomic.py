@@ -13,6 +13,7 @@ When the machine refuses a write (a full disk, a read-only folder), the temporar
 removed and the OSError goes on carrying the path of the output (never the temporary name,
 which no longer exists), so the stage can say in one line which output could not be written.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -13,6 +13,7 @@ shows them together: curves overlaid, one hparams table row per experiment.
 Experiments are what `dvc exp show` lists (the workspace, the baseline commit and its
 experiments), or the ones named: experiment names, branches, tags, commits, `workspace`.
 """
+
 from __future__ import annotations
 
 import re
@@ -87,8 +88,10 @@ def _open(entry: Entry, repo: str):
             known = ", ".join(e.name for e in listed(repo))
         except CifarlabError:
             known = "see `dvc exp show`"
-        raise CifarlabError(f"{entry.rev}: not a revision or experiment DVC knows in {repo} "
-                            f"({type(exc).__name__}: {exc}); listed: {known}") from None
+        raise CifarlabError(
+            f"{entry.rev}: not a revision or experiment DVC knows in {repo} "
+            f"({type(exc).__name__}: {exc}); listed: {known}"
+        ) from None
 
 
 def fetch(entry: Entry, out: Path, repo: str = ".", fs=None) -> list[str]:
@@ -102,17 +105,21 @@ def fetch(entry: Entry, out: Path, repo: str = ".", fs=None) -> list[str]:
             try:
                 fs.get(path, str(tmp / run), recursive=True)
             except Exception as exc:
-                raise CifarlabError(f"{entry.name}: could not get {path} ({type(exc).__name__}: {exc}); "
-                                    "is it in the cache? try `dvc pull` or `dvc exp pull`") from None
+                raise CifarlabError(
+                    f"{entry.name}: could not get {path} ({type(exc).__name__}: {exc}); "
+                    "is it in the cache? try `dvc pull` or `dvc exp pull`"
+                ) from None
             found.append(run)
         if not found:
-            raise CifarlabError(f"{entry.name}: has no TensorBoard runs ({', '.join(RUNS.values())}); "
-                                "was the pipeline run there?")
+            raise CifarlabError(
+                f"{entry.name}: has no TensorBoard runs ({', '.join(RUNS.values())}); was the pipeline run there?"
+            )
     return found
 
 
-def gather(out: str | Path, names: Optional[list[str]] = None, repo: str = ".",
-           log: Callable[[str], None] = print) -> dict[str, list[str]]:
+def gather(
+    out: str | Path, names: Optional[list[str]] = None, repo: str = ".", log: Callable[[str], None] = print
+) -> dict[str, list[str]]:
     """Gather the runs of `names` (or of everything `dvc exp show` lists) under `out`.
 
     Named revisions are all resolved before anything is copied, and one without runs is an

@@ -17,6 +17,7 @@ reported beside it, for reference.
 Nothing of the pipeline is touched: the results go to their own folder (reports/lr_find/
 by default, not a dvc.yaml output): `lr_find.json` and the plot `lr_find.png`.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,18 @@ def _batches(source):
         epoch += 1
 
 
-def sweep(params, *, index: Path, stats: Path, meta: Path, root: Path = Path("."),
-          start: float = 1e-6, end: float = 10.0, steps: int = 300, log=print) -> Sweep:
+def sweep(
+    params,
+    *,
+    index: Path,
+    stats: Path,
+    meta: Path,
+    root: Path = Path("."),
+    start: float = 1e-6,
+    end: float = 10.0,
+    steps: int = 300,
+    log=print,
+) -> Sweep:
     """Train a fresh model with an exponentially rising lr; the lrs, raw and smoothed losses."""
     check_range(start, end, steps)
     classes = read_meta(meta)["classes"]
@@ -72,15 +83,29 @@ def sweep(params, *, index: Path, stats: Path, meta: Path, root: Path = Path("."
     runtime = setup_runtime(tp.device, tp.amp, params.runtime.threads, params.model.channels_last)
     torch.manual_seed(params.seed)
     images, labels = load_tensors(index, root, len(classes))
-    source = make_source(params.augment.train, "augment.train", backend=params.augment.backend, images=images,
-                         labels=labels, index=index, stats=read_stats(stats), runtime=runtime,
-                         batch_size=tp.batch_size, seed=params.seed, shuffle=True, log=log)
+    source = make_source(
+        params.augment.train,
+        "augment.train",
+        backend=params.augment.backend,
+        images=images,
+        labels=labels,
+        index=index,
+        stats=read_stats(stats),
+        runtime=runtime,
+        batch_size=tp.batch_size,
+        seed=params.seed,
+        shuffle=True,
+        log=log,
+    )
     model = create_model(params.model, num_classes=len(classes), log=lambda *_: None).to(runtime.device)
     model.train()
     optimizer = build_optimizer(params.optimizer, model)
     if needs_closure(optimizer):
-        raise ParamsError("optimizer.name", "the LR range test steps once per batch; "
-                          f"{params.optimizer.name} re-evaluates the loss inside its step", params.optimizer.name)
+        raise ParamsError(
+            "optimizer.name",
+            f"the LR range test steps once per batch; {params.optimizer.name} re-evaluates the loss inside its step",
+            params.optimizer.name,
+        )
     ratios = [g["lr"] / params.optimizer.lr for g in optimizer.param_groups]  # groups keep their lr_mult
     loss_fn = build_loss(params.loss, num_classes=len(classes)).to(runtime.device)
     scaler = runtime.scaler()
@@ -114,15 +139,20 @@ def sweep(params, *, index: Path, stats: Path, meta: Path, root: Path = Path("."
 def suggest(s: Sweep) -> dict:
     """The suggestion (RULE) and the steepest descent of the smoothed loss, for reference."""
     if len(s.lrs) < 5:
-        raise ParamsError("lr-find --start", f"the loss diverged after {len(s.lrs)} steps; start lower",
-                          s.lrs[0] if s.lrs else None)
+        raise ParamsError(
+            "lr-find --start", f"the loss diverged after {len(s.lrs)} steps; start lower", s.lrs[0] if s.lrs else None
+        )
     i_min = min(range(len(s.smoothed)), key=s.smoothed.__getitem__)
     logs = [math.log10(lr) for lr in s.lrs]
     slopes = [(s.smoothed[i + 1] - s.smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(max(i_min, 1))]
     i_steep = min(range(len(slopes)), key=slopes.__getitem__)
-    return {"suggested_lr": float(f"{s.lrs[i_min] / 10:.3g}"), "rule": RULE,
-            "lr_at_min_loss": s.lrs[i_min], "min_smoothed_loss": s.smoothed[i_min],
-            "lr_at_steepest_descent": s.lrs[i_steep]}
+    return {
+        "suggested_lr": float(f"{s.lrs[i_min] / 10:.3g}"),
+        "rule": RULE,
+        "lr_at_min_loss": s.lrs[i_min],
+        "min_smoothed_loss": s.smoothed[i_min],
+        "lr_at_steepest_descent": s.lrs[i_steep],
+    }
 
 
 def plot(s: Sweep, result: dict, path: Path) -> None:
@@ -149,16 +179,32 @@ def plot(s: Sweep, result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def lr_find(params, *, out: Path, index: Path, stats: Path, meta: Path, start: float = 1e-6,
-            end: float = 10.0, steps: int = 300, log=print) -> dict:
+def lr_find(
+    params,
+    *,
+    out: Path,
+    index: Path,
+    stats: Path,
+    meta: Path,
+    start: float = 1e-6,
+    end: float = 10.0,
+    steps: int = 300,
+    log=print,
+) -> dict:
     """Run the sweep, write out/lr_find.json and out/lr_find.png; the JSON's content."""
     read_index(index)  # a missing or broken index fails here, naming it
     s = sweep(params, index=index, stats=stats, meta=meta, start=start, end=end, steps=steps, log=log)
     result = suggest(s)
-    result.update(model=params.model.name, optimizer=params.optimizer.name, batch_size=params.train.batch_size,
-                  steps=len(s.lrs), start=start, end=end,
-                  command=f"dvc exp run -S optimizer.lr={result['suggested_lr']:g}",
-                  curve={"lr": s.lrs, "loss": s.losses, "smoothed": s.smoothed})
+    result.update(
+        model=params.model.name,
+        optimizer=params.optimizer.name,
+        batch_size=params.train.batch_size,
+        steps=len(s.lrs),
+        start=start,
+        end=end,
+        command=f"dvc exp run -S optimizer.lr={result['suggested_lr']:g}",
+        curve={"lr": s.lrs, "loss": s.losses, "smoothed": s.smoothed},
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "lr_find.json", result)
     plot(s, result, out / "lr_find.png")

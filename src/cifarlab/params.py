@@ -19,6 +19,7 @@ keys is a column of `dvc exp show`); a key it leaves out keeps the default below
 `dvc exp run -S ++key=value` sets it. Keyword-argument sections merge key by key over their
 defaults (`DEFAULT_KWARGS`), so `-S ++optimizer.SGD.nesterov=false` keeps SGD's other defaults.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -87,9 +88,7 @@ class _Component(BaseModel):
     def _extras_are_mappings(self):
         for key, value in (self.model_extra or {}).items():
             if value is not None and not isinstance(value, dict):
-                raise ValueError(
-                    f"'{key}' must be a mapping of keyword arguments for {key}, not {value!r}"
-                )
+                raise ValueError(f"'{key}' must be a mapping of keyword arguments for {key}, not {value!r}")
         return self
 
     def kwargs_for(self, name: Optional[str] = None) -> dict[str, Any]:
@@ -135,8 +134,7 @@ class SplitParams(_Strict):
             total = self.train + self.valid + self.test
             if not math.isclose(total, 1.0, abs_tol=1e-6):
                 raise ValueError(
-                    f"train + valid + test must sum to 1, got {self.train} + {self.valid} + "
-                    f"{self.test} = {total:g}"
+                    f"train + valid + test must sum to 1, got {self.train} + {self.valid} + {self.test} = {total:g}"
                 )
         elif self.train + self.valid <= 0:
             raise ValueError("standard mode splits the training batches train:valid; both are 0")
@@ -229,8 +227,13 @@ class ModelParams(_Strict):
 
 class AugmentParams(_Strict):
     backend: Literal["tensor", "pil"] = "tensor"
-    train: list[dict[str, Any]] = Field(default_factory=lambda: [
-        {"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}])
+    train: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"RandomCrop": {"size": 32, "padding": 4}},
+            {"RandomHorizontalFlip": {"p": 0.5}},
+            {"Normalize": {}},
+        ]
+    )
     eval: list[dict[str, Any]] = Field(default_factory=lambda: [{"Normalize": {}}])
 
     @field_validator("train", "eval")
@@ -266,8 +269,10 @@ class ParamGroup(BaseModel):
     @model_validator(mode="after")
     def _selects_and_one_lr(self):
         if self.prefix is None and self.kind is None:
-            raise ValueError("a group needs a prefix (a module path like fc3), a kind "
-                             "(bias, norm, norm_bias or norm_weight), or both")
+            raise ValueError(
+                "a group needs a prefix (a module path like fc3), a kind "
+                "(bias, norm, norm_bias or norm_weight), or both"
+            )
         if self.lr is not None and self.lr_mult is not None:
             raise ValueError("give lr (the group's own) or lr_mult (times optimizer.lr), not both")
         return self
@@ -290,18 +295,25 @@ class OptimizerParams(_Component):
     #: true: every weight_decay (optimizer.<Name> and each group's) is the fraction the weights
     #: shrink by per step at the group's base lr; torch is given weight_decay / lr (issue 22)
     decouple_weight_decay: bool = False
-    DEFAULT_KWARGS = {"SGD": {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 0.0005},
-                      "Adam": {"weight_decay": 0.0}, "AdamW": {"weight_decay": 0.05}}
+    DEFAULT_KWARGS = {
+        "SGD": {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "weight_decay": 0.0005},
+        "Adam": {"weight_decay": 0.0},
+        "AdamW": {"weight_decay": 0.05},
+    }
 
 
 class SchedulerParams(_Component):
     name: str = "OneCycleLR"
     #: the tutorial's values (3.4 and its training script) for the arguments torch requires,
     #: so that `-S scheduler.name=X` alone switches to any of them
-    DEFAULT_KWARGS = {"OneCycleLR": {"pct_start": 0.25}, "StepLR": {"step_size": 50, "gamma": 0.1},
-                      "MultiStepLR": {"milestones": [30, 80, 120]}, "ExponentialLR": {"gamma": 0.95},
-                      "LambdaLR": {"lr_lambda": "0.95 ** epoch"},
-                      "ReduceLROnPlateau": {"monitor": "valid_loss", "factor": 0.1, "patience": 5}}
+    DEFAULT_KWARGS = {
+        "OneCycleLR": {"pct_start": 0.25},
+        "StepLR": {"step_size": 50, "gamma": 0.1},
+        "MultiStepLR": {"milestones": [30, 80, 120]},
+        "ExponentialLR": {"gamma": 0.95},
+        "LambdaLR": {"lr_lambda": "0.95 ** epoch"},
+        "ReduceLROnPlateau": {"monitor": "valid_loss", "factor": 0.1, "patience": 5},
+    }
 
 
 class ClipParams(_Strict):
@@ -318,8 +330,9 @@ class ClipParams(_Strict):
             with contextlib.suppress(ValueError):
                 v = float(v)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError("must be a positive number, the largest gradient norm (mode norm) or "
-                             "element (mode value) to allow")
+            raise ValueError(
+                "must be a positive number, the largest gradient norm (mode norm) or element (mode value) to allow"
+            )
         return float(v)
 
 
@@ -424,8 +437,11 @@ _UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\]|tuple\
 
 
 def _key(loc) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-after")
-                    and not (isinstance(p, str) and _UNION_TAG.match(p)))
+    return ".".join(
+        str(p)
+        for p in loc
+        if not str(p).startswith("function-after") and not (isinstance(p, str) and _UNION_TAG.match(p))
+    )
 
 
 def _format(err: Mapping[str, Any], siblings: Sequence[Mapping[str, Any]] = ()) -> ParamsError:

@@ -5,6 +5,7 @@ from the web may be any size and mode: it is converted to RGB, its shorter side 
 to 32 pixels and centre-cropped, then fed through the model's own evaluation transforms
 with the training stats, exactly as the evaluate stage feeds the test set.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -57,16 +58,18 @@ class Predictor:
         return [(self.classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
-def predict_files(model_path: str | Path, files: list[str | Path], top_k: int = 3, device: str = "cpu"
-                  ) -> list[tuple[str, list[tuple[str, float]]]]:
+def predict_files(
+    model_path: str | Path, files: list[str | Path], top_k: int = 3, device: str = "cpu"
+) -> list[tuple[str, list[tuple[str, float]]]]:
     """Every file checked before any work: the first unreadable one is the error."""
     predictor = Predictor(model_path, top_k, device)
     images = [_open_any(Path(f)) for f in files]
     return [(str(f), predictor.classify(img)) for f, img in zip(files, images)]
 
 
-def predict_each(model_path: str | Path, files: list[str | Path], top_k: int = 3, device: str = "cpu"
-                 ) -> Iterator[tuple[str, list[tuple[str, float]] | None, str | None]]:
+def predict_each(
+    model_path: str | Path, files: list[str | Path], top_k: int = 3, device: str = "cpu"
+) -> Iterator[tuple[str, list[tuple[str, float]] | None, str | None]]:
     """(path, top-k, None) or (path, None, error message) per file, in order: a broken file
     is reported and the next one classified. A bad model or --top-k raises before any file."""
     predictor = Predictor(model_path, top_k, device)

@@ -27,6 +27,7 @@ for a model) is refused with one line naming both; the families check that where
 resolve names (models/registry.py, augment/transforms.py, optim/losses.py). This module
 knows no torch: it only records what the decorators saw.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -70,19 +71,23 @@ _loaded = False
 
 def _register(kind: str, name: str, options: dict[str, Any]) -> Callable[[Callable], Callable]:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise RegistrationError(f"register_{kind}({name!r}): a name is letters, digits and underscores, "
-                                f"not starting with a digit (no dots: models are chosen as user.<name>)")
+        raise RegistrationError(
+            f"register_{kind}({name!r}): a name is letters, digits and underscores, "
+            f"not starting with a digit (no dots: models are chosen as user.<name>)"
+        )
 
     def decorator(target: Callable) -> Callable:
         if not callable(target):
-            raise RegistrationError(f"register_{kind}({name!r}) must decorate a class or a function, "
-                                    f"not {type(target).__name__}")
+            raise RegistrationError(
+                f"register_{kind}({name!r}) must decorate a class or a function, not {type(target).__name__}"
+            )
         entry = Entry(kind, name, target, options)
         old = _REGISTRY[kind].get(name)
         if old is not None and old.where != entry.where:
             raise RegistrationError(f"{kind} '{name}' is registered twice: by {old.where} and by {entry.where}")
         _REGISTRY[kind][name] = entry
         return target
+
     return decorator
 
 
@@ -95,9 +100,12 @@ def register_model(name: str) -> Callable[[Callable], Callable]:
         params = inspect.signature(target).parameters if callable(target) else {}
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if callable(target) and "num_classes" not in params and not takes_any:
-            raise RegistrationError(f"register_model({name!r}): {target.__module__}.{target.__qualname__} "
-                                    f"must take a num_classes argument (the data sets it: 10 for CIFAR-10)")
+            raise RegistrationError(
+                f"register_model({name!r}): {target.__module__}.{target.__qualname__} "
+                f"must take a num_classes argument (the data sets it: 10 for CIFAR-10)"
+            )
         return record(target)
+
     return decorator
 
 
@@ -106,8 +114,9 @@ def register_transform(name: str, *, needs: str = "tensor") -> Callable[[Callabl
     the kwargs, whose result is called on one image, a tensor [C, H, W] (`needs`: tensor, uint8 or
     float; the list converts first where needed), and returns the image, same shape and dtype."""
     if needs not in TRANSFORM_NEEDS:
-        raise RegistrationError(f"register_transform({name!r}, needs={needs!r}): needs is one of "
-                                f"{', '.join(TRANSFORM_NEEDS)}")
+        raise RegistrationError(
+            f"register_transform({name!r}, needs={needs!r}): needs is one of {', '.join(TRANSFORM_NEEDS)}"
+        )
     return _register("transform", name, {"needs": needs})
 
 

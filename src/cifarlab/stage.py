@@ -9,6 +9,7 @@ to do. SIGTERM (kill, timeout, docker stop, job schedulers) is handled like Ctrl
 temporary files go, the outputs are the previous ones or none, exit status 143. Anything
 else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,16 @@ MACHINE_FAULTS = {
     errno.ENOSPC: ("no space left on device", "free some space there (or move the project to a larger disk)"),
     getattr(errno, "EDQUOT", -1): ("disk quota exceeded", "free some space within your quota (or raise it)"),
     errno.EFBIG: ("file too large for this filesystem", "move the project to another filesystem"),
-    errno.EROFS: ("read-only file system", "make it writable (remount it read-write, or work in a writable "
-                                           "copy of the project)"),
+    errno.EROFS: (
+        "read-only file system",
+        "make it writable (remount it read-write, or work in a writable copy of the project)",
+    ),
     errno.EACCES: ("permission denied", "give this user write access to it"),
     errno.EPERM: ("operation not permitted", "give this user write access to it"),
-    errno.EIO: ("input/output error (a failing disk, or a network filesystem gone away)",
-                "check the disk or the mount"),
+    errno.EIO: (
+        "input/output error (a failing disk, or a network filesystem gone away)",
+        "check the disk or the mount",
+    ),
 }
 AGAIN = "rerun `dvc repro` to finish"
 
@@ -61,6 +66,7 @@ def _on_sigterm(owner: int):
             os.kill(os.getpid(), signal.SIGTERM)
             return
         raise Terminated()
+
     return handler
 
 
@@ -73,8 +79,12 @@ def machine_fault(exc: OSError) -> str | None:
     where = f"{path}: " if path else ""
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         free, files, _ = free_space(path or ".")
-        left = f"{size_text(free)} free" + (f", room for {files:,} more files" if files is not None and files < 1000 else "")
-        return f"{where}cannot write: {what} ({left} on its filesystem, the partial output removed); {todo}, then {AGAIN}"
+        left = f"{size_text(free)} free" + (
+            f", room for {files:,} more files" if files is not None and files < 1000 else ""
+        )
+        return (
+            f"{where}cannot write: {what} ({left} on its filesystem, the partial output removed); {todo}, then {AGAIN}"
+        )
     return f"{where}cannot write: {what}; {todo}, then {AGAIN}"
 
 

@@ -7,6 +7,7 @@ examples already classified well (p_t near 1), so training spends itself on the 
 This is the softmax (multi-class) form, written on F.cross_entropy(reduction="none"), which
 is -log(p_t); torchvision.ops.sigmoid_focal_loss is the sigmoid (one-vs-rest) form.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional
@@ -26,8 +27,13 @@ class FocalLoss(nn.Module):
     (alpha_t is the true class's weight), or none for 1 everywhere. num_classes is set by the data.
     """
 
-    def __init__(self, num_classes: int = 10, gamma: float = 2.0, alpha: Optional[list[float]] = None,
-                 reduction: Literal["mean", "sum"] = "mean"):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        gamma: float = 2.0,
+        alpha: Optional[list[float]] = None,
+        reduction: Literal["mean", "sum"] = "mean",
+    ):
         super().__init__()
         if not gamma >= 0:
             raise ValueError(f"gamma must be >= 0, got {gamma!r}")

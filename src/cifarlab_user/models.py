@@ -9,6 +9,7 @@ dict saved by the notes' script loads into it (`model.pretrained`). It also show
 argument of your own: `model.user.my_nn.relu: true` adds the ReLUs the notes leave out
 (the layer numbers then shift, so the notes' weights load only without them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,14 +26,24 @@ class MyNN(nn.Module):
         super().__init__()
         if not isinstance(relu, bool):
             raise ValueError(f"relu must be true or false, got {relu!r}")
+
         def act() -> list[nn.Module]:
             return [nn.ReLU()] if relu else []
 
         self.model = nn.Sequential(
-            nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(2), *act(),
-            nn.Conv2d(32, 32, 5, padding=2), nn.MaxPool2d(2), *act(),
-            nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2), *act(),
-            nn.Flatten(), nn.Linear(64 * 4 * 4, 64), *act(), nn.Linear(64, num_classes),
+            nn.Conv2d(3, 32, 5, padding=2),
+            nn.MaxPool2d(2),
+            *act(),
+            nn.Conv2d(32, 32, 5, padding=2),
+            nn.MaxPool2d(2),
+            *act(),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.MaxPool2d(2),
+            *act(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 64),
+            *act(),
+            nn.Linear(64, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

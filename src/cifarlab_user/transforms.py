@@ -11,6 +11,7 @@ unless an earlier entry made floats; put it before Normalize), converting a PIL 
 A transform cifarlab's batch path does not know runs on the per-sample path: train says so
 in one log line.
 """
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ is its own step. Online it downloads the official archive and checks its md5; of
 copies a local file (or says where to put one). Either way the archive ends up tracked by
 DVC (`dvc add`), so `dvc push` shares it and queued experiments see it.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,9 @@ def set_params_md5(params_path: Path, md5: Optional[str]) -> None:
     """Rewrite only the `md5:` line of the data section, keeping the file's comments."""
     text = params_path.read_text(encoding="utf-8")
     value = md5 if md5 else "null"
-    new, n = re.subn(r"(?m)^(data:\n(?:[ \t]+[^\n]*\n|\s*\n)*?[ \t]+md5:[ \t]*)[^\s#]*", lambda m: m.group(1) + value, text)
+    new, n = re.subn(
+        r"(?m)^(data:\n(?:[ \t]+[^\n]*\n|\s*\n)*?[ \t]+md5:[ \t]*)[^\s#]*", lambda m: m.group(1) + value, text
+    )
     if n != 1:
         raise DataError(f"{params_path}: found no data.md5 line to update; set it by hand to {value}")
     params_path.write_text(new, encoding="utf-8")
@@ -64,8 +67,15 @@ def dvc_executable() -> Optional[str]:
     return shutil.which("dvc") or (str(beside) if beside.is_file() else None)
 
 
-def get_archive(dest: str | Path, url: str, md5: Optional[str], *, source: Optional[str | Path] = None,
-                dvc_add: bool = True, log=print) -> str:
+def get_archive(
+    dest: str | Path,
+    url: str,
+    md5: Optional[str],
+    *,
+    source: Optional[str | Path] = None,
+    dvc_add: bool = True,
+    log=print,
+) -> str:
     """Put a verified archive at `dest` and track it with DVC; return its md5."""
     dest = Path(dest)
     if source is not None:

@@ -6,6 +6,7 @@ read into memory, never extracted; pickles go through an unpickler that admits o
 numpy array reconstruction globals; arrays are checked for shape, dtype and label range.
 The md5 is computed while the archive streams through, so checking it costs no extra read.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -66,8 +67,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "may only reconstruct numpy arrays, so it was not loaded (it could run code)"
             )
         mod = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
-        return {"_reconstruct": mod._reconstruct, "scalar": mod.scalar, "ndarray": np.ndarray,
-                "dtype": np.dtype, "encode": _latin1_encode}[name]
+        return {
+            "_reconstruct": mod._reconstruct,
+            "scalar": mod.scalar,
+            "ndarray": np.ndarray,
+            "dtype": np.dtype,
+            "encode": _latin1_encode,
+        }[name]
 
 
 def safe_unpickle(payload: bytes, source: str):
@@ -127,12 +133,15 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path) -
 def _check_payload_member(member: tarfile.TarInfo, archive: Path, seen: set[str]) -> None:
     """A member that will be read into memory: once only, and no larger than a CIFAR batch can be."""
     if member.name in seen:
-        raise DataError(f"{archive}: tar member {member.name!r} appears twice; refusing an archive "
-                        "whose contents are ambiguous")
+        raise DataError(
+            f"{archive}: tar member {member.name!r} appears twice; refusing an archive whose contents are ambiguous"
+        )
     seen.add(member.name)
     if member.size > MAX_MEMBER_BYTES:
-        raise DataError(f"{archive}: tar member {member.name!r} is {member.size:,} bytes; a CIFAR-10 batch "
-                        f"is about 31 MB, so it was not read (limit {MAX_MEMBER_BYTES:,} bytes)")
+        raise DataError(
+            f"{archive}: tar member {member.name!r} is {member.size:,} bytes; a CIFAR-10 batch "
+            f"is about 31 MB, so it was not read (limit {MAX_MEMBER_BYTES:,} bytes)"
+        )
 
 
 def _str_keys(obj):
@@ -176,8 +185,9 @@ def _class_names(obj, archive: Path) -> list[str]:
     return out
 
 
-def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = None
-                 ) -> Iterator[tuple[list[str], Batch]]:
+def iter_batches(
+    archive: str | Path, batches: list[str], md5: Optional[str] = None
+) -> Iterator[tuple[list[str], Batch]]:
     """Yield (class names, batch) for each requested batch as the archive streams by.
 
     One pass, and memory bounded by one batch (plus any batch that precedes batches.meta
@@ -213,7 +223,7 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
                     for member in tar:
                         _check_member(member, archive)
                         if member.isfile() and member.name.startswith(ROOT + "/"):
-                            present.append(member.name[len(ROOT) + 1:])
+                            present.append(member.name[len(ROOT) + 1 :])
                         if member.name in wanted or member.name == f"{ROOT}/{META}":
                             _check_payload_member(member, archive, seen)
                         if member.name in wanted:
@@ -222,8 +232,9 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
                             if classes is not None:
                                 yield classes, parse(*waiting.pop(0))
                         elif member.name == f"{ROOT}/{META}":
-                            classes = _class_names(safe_unpickle(_read_member(tar, member, archive),
-                                                                 f"{archive}:{META}"), archive)
+                            classes = _class_names(
+                                safe_unpickle(_read_member(tar, member, archive), f"{archive}:{META}"), archive
+                            )
                             while waiting:
                                 yield classes, parse(*waiting.pop(0))
                 # tarfile stops at the end-of-archive marker; gzip must still see its trailer
@@ -231,14 +242,16 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
         except DataError:
             raise
         except (gzip.BadGzipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-            reason = "not a gzip file" if isinstance(exc, gzip.BadGzipFile) else (
-                "truncated" if isinstance(exc, EOFError) else f"corrupt ({exc})")
+            reason = (
+                "not a gzip file"
+                if isinstance(exc, gzip.BadGzipFile)
+                else ("truncated" if isinstance(exc, EOFError) else f"corrupt ({exc})")
+            )
             raise DataError(f"{archive}: the archive is {reason}; fetch it again") from None
         reader.drain()
     if md5 is not None and reader.md5.hexdigest() != md5.lower():
         raise DataError(
-            f"{archive}: md5 mismatch: expected {md5.lower()}, got {reader.md5.hexdigest()}; "
-            f"{SKIP_MD5_HINT}"
+            f"{archive}: md5 mismatch: expected {md5.lower()}, got {reader.md5.hexdigest()}; {SKIP_MD5_HINT}"
         )
     if classes is None:
         raise DataError(f"{archive}: no {ROOT}/{META} in the archive; is it the CIFAR-10 python version?")
@@ -250,8 +263,9 @@ def iter_batches(archive: str | Path, batches: list[str], md5: Optional[str] = N
         )
 
 
-def read_archive(archive: str | Path, batches: list[str], md5: Optional[str] = None
-                 ) -> tuple[list[str], Iterator[Batch]]:
+def read_archive(
+    archive: str | Path, batches: list[str], md5: Optional[str] = None
+) -> tuple[list[str], Iterator[Batch]]:
     """The whole stream at once: (class names, the requested batches in `batches` order)."""
     got = {}
     classes: list[str] = []

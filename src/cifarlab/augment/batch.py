@@ -19,6 +19,7 @@ distributions, same fill and padding rules, same list order), so switching betwe
 `transforms.build_transform` changes speed, not the experiment. Lists with any entry this
 module does not cover get `None` from `plan` and the stage falls back to the per-sample path.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -46,8 +47,15 @@ class _Draw:
     parameter tensors move, except RandomErasing's 'random' noise.
     """
 
-    def __init__(self, generator: Optional[torch.Generator], device: torch.device, *,
-                 index: Optional[torch.Tensor] = None, epoch: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        generator: Optional[torch.Generator],
+        device: torch.device,
+        *,
+        index: Optional[torch.Tensor] = None,
+        epoch: int = 0,
+        seed: int = 0,
+    ):
         self.generator = generator
         self.source = generator.device if generator is not None else device
         self.device = device
@@ -126,8 +134,17 @@ class _Window(_IndexOp):
     Covers Pad, CenterCrop and RandomCrop (with padding and pad_if_needed).
     """
 
-    def __init__(self, in_size: Size, out_size: Size, *, pad_lt: Size, pad_rb: Size, mode: str,
-                 fill: Optional[tuple[float, ...]], offset: Optional[Size]):
+    def __init__(
+        self,
+        in_size: Size,
+        out_size: Size,
+        *,
+        pad_lt: Size,
+        pad_rb: Size,
+        mode: str,
+        fill: Optional[tuple[float, ...]],
+        offset: Optional[Size],
+    ):
         super().__init__(in_size, out_size)
         self.pad_l, self.pad_t = pad_lt
         self.pad_r, self.pad_b = pad_rb
@@ -146,8 +163,9 @@ class _Window(_IndexOp):
             left = draw.below(w + self.pad_l + self.pad_r - ow + 1, b)
         return top, left
 
-    def _axis(self, start: torch.Tensor | int, b: int, *, n_in: int, n_out: int, pad0: int,
-              device: torch.device) -> Optional[torch.Tensor]:
+    def _axis(
+        self, start: torch.Tensor | int, b: int, *, n_in: int, n_out: int, pad0: int, device: torch.device
+    ) -> Optional[torch.Tensor]:
         ar = torch.arange(n_out, device=device)
         if isinstance(start, int):
             if start == pad0 and n_out == n_in:
@@ -158,13 +176,17 @@ class _Window(_IndexOp):
     def maps(self, b, draw):
         (h, w), (oh, ow) = self.in_size, self.out_size
         top, left = self.starts(b, draw)
-        return (self._axis(top, b, n_in=h, n_out=oh, pad0=self.pad_t, device=draw.device),
-                self._axis(left, b, n_in=w, n_out=ow, pad0=self.pad_l, device=draw.device))
+        return (
+            self._axis(top, b, n_in=h, n_out=oh, pad0=self.pad_t, device=draw.device),
+            self._axis(left, b, n_in=w, n_out=ow, pad0=self.pad_l, device=draw.device),
+        )
 
     def extra_repr(self):
         where = "random" if self.offset is None else f"offset={self.offset}"
-        return (f"{self.in_size}->{self.out_size}, pad_ltrb=({self.pad_l}, {self.pad_t}, "
-                f"{self.pad_r}, {self.pad_b}), mode={self.mode}, fill={self.fill}, {where}")
+        return (
+            f"{self.in_size}->{self.out_size}, pad_ltrb=({self.pad_l}, {self.pad_t}, "
+            f"{self.pad_r}, {self.pad_b}), mode={self.mode}, fill={self.fill}, {where}"
+        )
 
 
 class _Flip(_IndexOp):
@@ -240,8 +262,9 @@ class _Translate(_IndexOp):
         return f"max_dx={self.max_dx}, max_dy={self.max_dy}, fill={self.fill}"
 
 
-def _gather(x: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor],
-            fill: Optional[tuple[float, ...]]) -> torch.Tensor:
+def _gather(
+    x: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.Tensor], fill: Optional[tuple[float, ...]]
+) -> torch.Tensor:
     """One gather over the flattened H*W of a [B, C, H, W] batch -> contiguous [B, C, h, w].
 
     The row and column maps combine into one flat index per output pixel, shared by the
@@ -257,8 +280,7 @@ def _gather(x: torch.Tensor, rows: Optional[torch.Tensor], cols: Optional[torch.
         cols = torch.arange(w, device=dev).expand(b, w)
     oh, ow = rows.shape[1], cols.shape[1]
     beyond = 2 * h * w
-    idx = (torch.where(rows < 0, beyond, rows * w)[:, :, None]
-           + torch.where(cols < 0, beyond, cols)[:, None, :])
+    idx = torch.where(rows < 0, beyond, rows * w)[:, :, None] + torch.where(cols < 0, beyond, cols)[:, None, :]
     src = x.reshape(b, c, h * w)
     if fill is not None:
         idx = idx.clamp_(max=h * w)
@@ -311,8 +333,9 @@ class _Erase(_PixelOp):
 
     ATTEMPTS = 10
 
-    def __init__(self, p: float, scale: tuple[float, float], ratio: tuple[float, float],
-                 value: Optional[tuple[float, ...]]):
+    def __init__(
+        self, p: float, scale: tuple[float, float], ratio: tuple[float, float], value: Optional[tuple[float, ...]]
+    ):
         super().__init__()
         self.p, self.scale, self.ratio = float(p), tuple(map(float, scale)), tuple(map(float, ratio))
         self.value = value  # None: per-pixel standard normal noise ('random')
@@ -398,8 +421,11 @@ def _random_crop(kw, size, path, stats) -> tuple[Ops, Size]:
         if w + l + r < ow:
             d = ow - (w + l + r)
             l, r = l + d, r + d
-    return [_Window(size, (oh, ow), pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]),
-                    offset=None)], (oh, ow)
+    return [
+        _Window(
+            size, (oh, ow), pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]), offset=None
+        )
+    ], (oh, ow)
 
 
 def _center_crop(kw, size, path, stats) -> tuple[Ops, Size]:
@@ -417,13 +443,15 @@ def _center_crop(kw, size, path, stats) -> tuple[Ops, Size]:
 def _pad(kw, size, path, stats) -> tuple[Ops, Size]:
     l, t, r, b = _padding(kw["padding"])
     out = (size[0] + t + b, size[1] + l + r)
-    return [_Window(size, out, pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]),
-                    offset=(0, 0))], out
+    return [
+        _Window(size, out, pad_lt=(l, t), pad_rb=(r, b), mode=kw["padding_mode"], fill=_fill(kw["fill"]), offset=(0, 0))
+    ], out
 
 
 def _flip(axis: int) -> Handler:
     def handler(kw, size, path, stats) -> tuple[Ops, Size]:
         return [_Flip(size, axis, float(kw["p"]))], size
+
     return handler
 
 
@@ -493,7 +521,9 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 #: Names the fast path covers (RandomAffine: translations only; ToDtype: float32 scaled).
-COVERED = tuple(sorted([*_HANDLERS, "Normalize", "ToTensor", "Lambda(fn=identity)", "Compose", "AlternatingHorizontalFlip"]))
+COVERED = tuple(
+    sorted([*_HANDLERS, "Normalize", "ToTensor", "Lambda(fn=identity)", "Compose", "AlternatingHorizontalFlip"])
+)
 
 
 class _Planner:
@@ -547,8 +577,15 @@ class BatchAugment(nn.Module):
         self.ops = nn.ModuleList(ops)
         self.in_size, self.out_size = tuple(in_size), tuple(out_size)
 
-    def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None, *,
-                index: Optional[torch.Tensor] = None, epoch: int = 0, seed: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        *,
+        index: Optional[torch.Tensor] = None,
+        epoch: int = 0,
+        seed: int = 0,
+    ) -> torch.Tensor:
         """`index` (each sample's index in the image set), `epoch` and `seed` matter only to
         AlternatingHorizontalFlip (see `indexed`)."""
         self._check(x)
@@ -564,8 +601,7 @@ class BatchAugment(nn.Module):
     def random(self) -> bool:
         """Whether any op draws random numbers (a source may keep the batches of a list without)."""
         fixed = (_Normalize, _ToFloat)
-        return not all(isinstance(op, fixed) or (isinstance(op, _Window) and op.offset is not None)
-                       for op in self.ops)
+        return not all(isinstance(op, fixed) or (isinstance(op, _Window) and op.offset is not None) for op in self.ops)
 
     def bind(self, images: torch.Tensor) -> Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]:
         """`take(idx, generator)`: the same batch as `self(images[idx], generator)`, bit for bit.
@@ -583,8 +619,10 @@ class BatchAugment(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.dtype != torch.uint8 or tuple(x.shape[-2:]) != self.in_size:
-            raise ValueError(f"BatchAugment expects a uint8 batch [B, C, {self.in_size[0]}, "
-                             f"{self.in_size[1]}], got {x.dtype} {tuple(x.shape)}")
+            raise ValueError(
+                f"BatchAugment expects a uint8 batch [B, C, {self.in_size[0]}, "
+                f"{self.in_size[1]}], got {x.dtype} {tuple(x.shape)}"
+            )
 
     def _run(self, cur: torch.Tensor, ops, draw: _Draw, channels_last: bool) -> torch.Tensor:
         b = cur.shape[0]
@@ -607,8 +645,7 @@ class BatchAugment(nn.Module):
             cur = _gather(cur, rows, cols, fill)
         if not cur.is_floating_point():
             cur = cur.to(torch.float32).mul_(1.0 / 255)
-        return cur.contiguous(memory_format=torch.channels_last if channels_last
-                              else torch.contiguous_format)
+        return cur.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     def extra_repr(self):
         return f"in_size={self.in_size}, out_size={self.out_size}"
@@ -631,8 +668,14 @@ class _WindowTaker:
     decoded images at 32x32 with padding 4, 3.1x with a flip.
     """
 
-    def __init__(self, aug: BatchAugment, images: torch.Tensor, window: Optional[_Window], flips: list[_Flip],
-                 rest: list[nn.Module]):
+    def __init__(
+        self,
+        aug: BatchAugment,
+        images: torch.Tensor,
+        window: Optional[_Window],
+        flips: list[_Flip],
+        rest: list[nn.Module],
+    ):
         self.aug, self.window, self.flips, self.rest = aug, window, flips, rest
         self.channels_last = _is_channels_last(images)
         n, c, h, w = images.shape
@@ -648,7 +691,7 @@ class _WindowTaker:
             if window is not None and window.fill is not None and (pt or pb or pl or pr):
                 value = torch.tensor(window.fill, dtype=torch.float64).to(torch.uint8).to(images.device)
                 padded[:n] = value.reshape(1, -1, 1, 1)
-            padded[:n, :, pt:pt + h, pl:pl + w] = images
+            padded[:n, :, pt : pt + h, pl : pl + w] = images
         if flips:
             padded[n:] = padded[:n].flip(3)
         self.n, self.c, self.hp, self.wp = n, c, hp, wp
@@ -656,14 +699,19 @@ class _WindowTaker:
         flat = padded.reshape(-1)
         # row k of this view is the out_w values starting at flat[k]: every window row is one
         self.rows = flat.as_strided((flat.numel() - self.out_w + 1, self.out_w), (1, 1))
-        self.row_starts = ((torch.arange(c, device=images.device)[:, None] * hp
-                            + torch.arange(self.out_h, device=images.device)[None, :]) * wp).reshape(-1)
+        self.row_starts = (
+            (
+                torch.arange(c, device=images.device)[:, None] * hp
+                + torch.arange(self.out_h, device=images.device)[None, :]
+            )
+            * wp
+        ).reshape(-1)
 
     @classmethod
     def for_ops(cls, aug: BatchAugment, images: torch.Tensor) -> Optional[_WindowTaker]:
         """A taker when the list is [window?] [horizontal flips...] [pixel ops...], else None."""
         geo = list(itertools.takewhile(lambda op: isinstance(op, _IndexOp), aug.ops))
-        rest = list(aug.ops[len(geo):])
+        rest = list(aug.ops[len(geo) :])
         window = geo[0] if geo and isinstance(geo[0], _Window) else None
         flips = geo[1:] if window is not None else geo
         if not geo or any(isinstance(op, _IndexOp) for op in rest):
@@ -672,8 +720,9 @@ class _WindowTaker:
             return None
         return cls(aug, images, window, cast("list[_Flip]", flips), rest)  # all _Flip: checked above
 
-    def __call__(self, idx: torch.Tensor, generator: Optional[torch.Generator] = None, *, epoch: int = 0,
-                 seed: int = 0) -> torch.Tensor:
+    def __call__(
+        self, idx: torch.Tensor, generator: Optional[torch.Generator] = None, *, epoch: int = 0, seed: int = 0
+    ) -> torch.Tensor:
         dev = self.rows.device
         idx = idx.to(dev)
         b = len(idx)
@@ -702,8 +751,7 @@ def uncovered(entries: list[dict], image_size: Size = (32, 32)) -> list[str]:
     return planner.missing
 
 
-def plan(entries: list[dict], stats: Optional[dict], key: str,
-         image_size: Size = (32, 32)) -> Optional[BatchAugment]:
+def plan(entries: list[dict], stats: Optional[dict], key: str, image_size: Size = (32, 32)) -> Optional[BatchAugment]:
     """A BatchAugment if every entry is covered, else None (use build_transform instead).
 
     Entries are validated first exactly as the per-sample path does, so a bad list fails the

@@ -19,6 +19,7 @@ a `ToDtype(float32, scale=True)` is inserted wherever a transform needs floats a
 did not convert yet, and at the end, so lists written for v1 (`ToTensor` in the middle) and
 lists without any conversion both work.
 """
+
 from __future__ import annotations
 
 import enum
@@ -111,8 +112,10 @@ def user_transforms() -> dict[str, register.Entry]:
     entries = register.registered("transform")
     for name, entry in entries.items():
         if hasattr(v2, name):
-            raise RegistrationError(f"{entry.where} registers transform '{name}', which clashes with the "
-                                    f"built-in torchvision.transforms.v2.{name}: register it under another name")
+            raise RegistrationError(
+                f"{entry.where} registers transform '{name}', which clashes with the "
+                f"built-in torchvision.transforms.v2.{name}: register it under another name"
+            )
     return entries
 
 
@@ -136,10 +139,11 @@ def parse_entry(entry: Any, path: str) -> tuple[str, dict[str, Any]]:
     """One list entry -> (name, kwargs), checking its shape and that the name exists."""
     if not isinstance(entry, dict) or len(entry) != 1:
         raise ParamsError(
-            path, "must be one transform name with its arguments, like "
-            "'- RandomCrop: {size: 32, padding: 4}'", None if isinstance(entry, dict) else entry
+            path,
+            "must be one transform name with its arguments, like '- RandomCrop: {size: 32, padding: 4}'",
+            None if isinstance(entry, dict) else entry,
         )
-    (name, kwargs), = entry.items()
+    ((name, kwargs),) = entry.items()
     if name in NOT_PER_IMAGE:
         raise ParamsError(path, f"{name} cannot be used here: {NOT_PER_IMAGE[name]}", name)
     cls = getattr(v2, str(name), None)
@@ -178,13 +182,14 @@ def _convert(name: str, arg: str, value: Any, path: str) -> Any:
 
 def _signature(name: str) -> inspect.Signature:
     sig = inspect.signature(_target(name))
-    return sig.replace(parameters=[
-        p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_POSITIONAL
-    ])
+    return sig.replace(
+        parameters=[p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    )
 
 
-def _check_kwargs(name: str, kwargs: dict, path: str, accepted: Iterable[str] | None = None,
-                  required: Iterable[str] | None = None) -> None:
+def _check_kwargs(
+    name: str, kwargs: dict, path: str, accepted: Iterable[str] | None = None, required: Iterable[str] | None = None
+) -> None:
     """Unknown keyword arguments are errors naming the accepted ones; so are missing ones."""
     sig = _signature(name)
     if accepted is None:
@@ -196,9 +201,11 @@ def _check_kwargs(name: str, kwargs: dict, path: str, accepted: Iterable[str] | 
         if arg not in accepted:
             raise ParamsError(f"{path}.{name}.{arg}", "unknown argument", arg, accepted)
     if required is None:
-        required = [p.name for p in sig.parameters.values()
-                    if p.default is inspect.Parameter.empty
-                    and p.kind is not inspect.Parameter.VAR_KEYWORD]
+        required = [
+            p.name
+            for p in sig.parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
     missing = [r for r in required if r not in kwargs]
     if missing:
         raise ParamsError(f"{path}.{name}", "missing required argument(s): " + ", ".join(missing))
@@ -225,16 +232,20 @@ def _construct(name: str, path: str, *args: Any, **kwargs: Any) -> v2.Transform:
 
 def _stats_vector(stats: dict, field: str, path: str) -> tuple[float, ...]:
     values = stats.get(field) if isinstance(stats, dict) else None
-    if (not isinstance(values, (list, tuple)) or len(values) != 3
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+    if (
+        not isinstance(values, (list, tuple))
+        or len(values) != 3
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    ):
         raise ParamsError(path, f"the stats' '{field}' must be 3 finite numbers", values)
     if field == "std" and any(v <= 0 for v in values):
         raise ParamsError(path, "the stats' 'std' must be positive", values)
     return tuple(float(v) for v in values)
 
 
-def normalize_args(kwargs: dict[str, Any], stats: dict | None, path: str,
-                   check_only: bool = False) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalize_args(
+    kwargs: dict[str, Any], stats: dict | None, path: str, check_only: bool = False
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of a Normalize entry: as written, or from the stats when both are left out."""
     where = f"{path}.Normalize"
     _check_kwargs("Normalize", kwargs, path, required=())
@@ -252,8 +263,10 @@ def normalize_args(kwargs: dict[str, Any], stats: dict | None, path: str,
     if stats is None:
         if check_only:
             return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        raise ParamsError(where, "no mean/std given and no stats to take them from "
-                          "(run the stats stage or write mean: [...], std: [...])")
+        raise ParamsError(
+            where,
+            "no mean/std given and no stats to take them from (run the stats stage or write mean: [...], std: [...])",
+        )
     return _stats_vector(stats, "mean", where), _stats_vector(stats, "std", where)
 
 
@@ -270,12 +283,15 @@ def load_linear(file: Any, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         data = np.load(file, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ParamsError(where, "must be an .npz archive holding transformation_matrix and "
-                              "mean_vector (np.savez), not a single .npy array", file)
+            raise ParamsError(
+                where,
+                "must be an .npz archive holding transformation_matrix and "
+                "mean_vector (np.savez), not a single .npy array",
+                file,
+            )
         with data:
             files = list(data.files)
-            arrays = {k: np.asarray(data[k]) for k in ("transformation_matrix", "mean_vector")
-                      if k in files}
+            arrays = {k: np.asarray(data[k]) for k in ("transformation_matrix", "mean_vector") if k in files}
     except (OSError, ValueError, EOFError) as exc:
         raise ParamsError(where, f"cannot be read as an .npz archive: {exc}", file) from None
     for k in ("transformation_matrix", "mean_vector"):
@@ -287,12 +303,10 @@ def load_linear(file: Any, path: str) -> tuple[torch.Tensor, torch.Tensor]:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ParamsError(where, f"transformation_matrix must be square D x D, is {matrix.shape}", file)
     if mean.reshape(-1).shape[0] != matrix.shape[0]:
-        raise ParamsError(where, f"mean_vector must have D = {matrix.shape[0]} values, has "
-                          f"{mean.size}", file)
+        raise ParamsError(where, f"mean_vector must have D = {matrix.shape[0]} values, has {mean.size}", file)
     if matrix.shape[0] % 3:
         raise ParamsError(where, f"D = {matrix.shape[0]} must be 3 x H x W for RGB images", file)
-    return (torch.as_tensor(matrix, dtype=torch.float32),
-            torch.as_tensor(mean.reshape(-1), dtype=torch.float32))
+    return (torch.as_tensor(matrix, dtype=torch.float32), torch.as_tensor(mean.reshape(-1), dtype=torch.float32))
 
 
 def _to_float() -> list[v2.Transform]:
@@ -337,8 +351,9 @@ class _Compiler:
     def one(self, name: str, kwargs: dict, path: str, state: str, top: bool) -> tuple[list, str]:
         """One entry, preceded by the conversion it needs; returns (transforms, state after)."""
         if not top and (name in MULTICROP or (name == "Lambda" and kwargs.get("fn") == "stack_crops")):
-            raise ParamsError(f"{path}.{name}", "multi-crop must be a top-level entry so every "
-                              "image gives the same number of crops")
+            raise ParamsError(
+                f"{path}.{name}", "multi-crop must be a top-level entry so every image gives the same number of crops"
+            )
         out: list = []
         user = user_transforms()
         need = user[name].options["needs"] if name in user else NEEDS.get(name)
@@ -408,20 +423,29 @@ class _Compiler:
         for arg in kwargs:
             raise ParamsError(f"{path}.{ALTERNATING_FLIP}.{arg}", "unknown argument (it takes none)", arg)
         if path.startswith("augment.eval"):
-            raise ParamsError(f"{path}.{ALTERNATING_FLIP}", "is a training augmentation (it alternates "
-                              "between epochs); evaluation lists cannot use it")
+            raise ParamsError(
+                f"{path}.{ALTERNATING_FLIP}",
+                "is a training augmentation (it alternates between epochs); evaluation lists cannot use it",
+            )
         if not self.check_only:
-            raise ParamsError(f"{path}.{ALTERNATING_FLIP}", "runs only on the batch path (it needs each "
-                              "image's index and the epoch): use augment.backend: tensor and only entries the "
-                              "batch path covers (docs/params/augment.md)")
+            raise ParamsError(
+                f"{path}.{ALTERNATING_FLIP}",
+                "runs only on the batch path (it needs each "
+                "image's index and the epoch): use augment.backend: tensor and only entries the "
+                "batch path covers (docs/params/augment.md)",
+            )
         return [], state
 
     def _build_Lambda(self, kwargs, path, state):
         _check_kwargs("Lambda", kwargs, path, accepted=["fn"], required=["fn"])
         fn = kwargs["fn"]
         if not isinstance(fn, str) or fn not in LAMBDAS:
-            raise ParamsError(f"{path}.Lambda.fn", "only named functions can be used (user code "
-                              "is never evaluated)", fn if isinstance(fn, str) else None, LAMBDAS)
+            raise ParamsError(
+                f"{path}.Lambda.fn",
+                "only named functions can be used (user code is never evaluated)",
+                fn if isinstance(fn, str) else None,
+                LAMBDAS,
+            )
         after = "uint8" if fn == "stack_crops" and state == "pil" else state
         return [LAMBDAS[fn]()], after
 
@@ -458,9 +482,7 @@ def check_transforms(entries: list[dict], key: str, image_size: tuple[int, int] 
                 for t in transforms:
                     x = t(x)
             except Exception as exc:  # torchvision raises many types; all mean bad arguments
-                raise ParamsError(
-                    where, f"fails on a {image_size[0]}x{image_size[1]} image: {exc}"
-                ) from None
+                raise ParamsError(where, f"fails on a {image_size[0]}x{image_size[1]} image: {exc}") from None
 
 
 def build_transform(entries: list[dict], key: str, stats: dict | None) -> v2.Compose:

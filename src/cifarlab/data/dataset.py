@@ -8,6 +8,7 @@ per-image path (`augment.backend: pil`) and for transforms that need PIL images.
 up front (so a broken file stops training before it starts, naming the index line), then
 augmented in batches on the device.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,8 +26,13 @@ from cifarlab.data.index import read_index
 class IndexDataset(Dataset):
     """The tutorial's MyDataset: images named by an index file, opened one by one."""
 
-    def __init__(self, index_path: str | Path, transform: Optional[Callable] = None, root: str | Path = ".",
-                 num_classes: int = 10):
+    def __init__(
+        self,
+        index_path: str | Path,
+        transform: Optional[Callable] = None,
+        root: str | Path = ".",
+        num_classes: int = 10,
+    ):
         self.items = read_index(index_path, num_classes)
         self.root = Path(root)
         self.transform = transform
@@ -42,8 +48,9 @@ class IndexDataset(Dataset):
         return img, label
 
 
-def load_tensors(index_path: str | Path, root: str | Path = ".", num_classes: int = 10
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def load_tensors(
+    index_path: str | Path, root: str | Path = ".", num_classes: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of an index as uint8 [N, 3, 32, 32] and labels int64 [N], decoded in parallel."""
     items = read_index(index_path, num_classes)
     images = load_index_images(items, root)

@@ -5,6 +5,7 @@ The pipeline's images are 32x32 RGB PNGs written by unpack; anything else named 
 a decompression bomb) is an error that names the file and the index line, rather than a
 crash deep in a DataLoader worker.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,8 +47,13 @@ def load_rgb32(path: str | Path, where: str = "") -> np.ndarray:
     except UnidentifiedImageError:
         with open(path, "rb") as f:
             head = f.read(8)
-        what = ("an empty file" if not head else
-                "a broken or truncated PNG" if head == b"\x89PNG\r\n\x1a\n" else "not an image")
+        what = (
+            "an empty file"
+            if not head
+            else "a broken or truncated PNG"
+            if head == b"\x89PNG\r\n\x1a\n"
+            else "not an image"
+        )
         raise DataError(f"{path}{at}: {what}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}{at}: a broken or truncated image ({exc})") from None
@@ -65,5 +71,5 @@ def load_index_images(items, root: str | Path = ".", workers: int = 0) -> np.nda
         return start, part
 
     for start, part in map_ranges(task, len(items), workers):
-        out[start:start + len(part)] = part
+        out[start : start + len(part)] = part
     return out

@@ -3,6 +3,7 @@
 The reader is the one place an index is parsed: every consumer gets
 the same checks and the same errors, naming the file and the line.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ is ``<class>_<10000*k + i>.png``, so names stay unique across batches and never 
 a batch is added. ``meta.json`` (written by unpack) holds the class names and batch ranges;
 ``normalize.json`` (written by stats) the mean and std that Normalize uses.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,11 @@ def require_space(target: str | Path, need_bytes: int, need_files: int, what: st
     if short_bytes or short_files:
         need = size_text(need_bytes) + (f" and {need_files:,} files" if short_files else "")
         have = size_text(free) + (f" and room for {files:,} files" if short_files else "")
-        raise ResourceError(f"{target}: not enough free space to {what}: it needs about {need}, the filesystem "
-                            f"has {have} free; free some space there (or move the project to a larger disk), "
-                            "then rerun `dvc repro`")
+        raise ResourceError(
+            f"{target}: not enough free space to {what}: it needs about {need}, the filesystem "
+            f"has {have} free; free some space there (or move the project to a larger disk), "
+            "then rerun `dvc repro`"
+        )
 
 
 def manifest_path(tree: str | Path) -> Path:
@@ -107,8 +110,9 @@ def read_stats(path: str | Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path}: missing; run the stats stage (dvc repro stats)") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not the JSON the stats stage writes ({exc}); "
-                        "rerun it (dvc repro stats --force)") from None
+        raise DataError(
+            f"{path}: not the JSON the stats stage writes ({exc}); rerun it (dvc repro stats --force)"
+        ) from None
     if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
         raise DataError(f"{path}: no 'mean' and 'std'; rerun the stats stage (dvc repro stats --force)")
     return stats

@@ -4,6 +4,7 @@ Workers are forked after the caller has the data in memory, so they share it cop
 and receive only index ranges. Where fork is unavailable (Windows, macOS defaults) or one
 core is all there is, the work runs in-process: same results, just slower.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp

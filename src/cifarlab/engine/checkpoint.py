@@ -14,6 +14,7 @@ into `checkpoints/damaged/` (never deleted), and training resumes from the newes
 starts over. One train stage at a time writes a project's checkpoints (`train_lock`): a second
 one, such as the stage a SIGTERMed `dvc` left running, stops with a message naming the first.
 """
+
 from __future__ import annotations
 
 import errno
@@ -86,12 +87,14 @@ def load(path: Path) -> dict:
     head, sep, body = data.partition(b"\n")
     if not head.startswith(MAGIC) or not sep:
         raise Damaged("no cifarlab checkpoint header")
-    if hashlib.sha256(body).hexdigest().encode() != head[len(MAGIC):]:
+    if hashlib.sha256(body).hexdigest().encode() != head[len(MAGIC) :]:
         raise Damaged(f"its content does not match its sha256 (truncated or corrupt; {len(data):,} bytes)")
     try:
         state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
     except Exception as exc:  # the digest matched, so this is a file written by another version
-        raise Damaged(f"torch cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise Damaged(
+            f"torch cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
     if not isinstance(state, dict) or any(k not in state for k in KEYS):
         raise Damaged("not a training checkpoint (keys missing)")
     return state
@@ -116,10 +119,12 @@ def train_lock(root: Path):
         f.seek(0)
         holder = f.read().decode(errors="replace").strip() or "another process"
         f.close()
-        raise CifarlabError(f"{root}: another train stage is running in this project ({holder}) and writes "
-                            "these checkpoints; a second one would damage them. Wait for it to finish, or stop it "
-                            "(kill it with SIGTERM, which keeps its last finished epoch), then rerun `dvc repro`. "
-                            "(A `dvc` process stopped on its own leaves its stage running.)") from None
+        raise CifarlabError(
+            f"{root}: another train stage is running in this project ({holder}) and writes "
+            "these checkpoints; a second one would damage them. Wait for it to finish, or stop it "
+            "(kill it with SIGTERM, which keeps its last finished epoch), then rerun `dvc repro`. "
+            "(A `dvc` process stopped on its own leaves its stage running.)"
+        ) from None
     try:
         os.ftruncate(f.fileno(), 0)
         os.pwrite(f.fileno(), f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
@@ -179,8 +184,10 @@ class CheckpointDir:
                 if not set_aside:
                     continue
                 target = self.set_aside(path)
-                warn(f"warning: {path}: damaged checkpoint ({exc}); set aside as {target}, "
-                     "training goes on from the newest sound checkpoint or starts over")
+                warn(
+                    f"warning: {path}: damaged checkpoint ({exc}); set aside as {target}, "
+                    "training goes on from the newest sound checkpoint or starts over"
+                )
         if not sound:
             return None
         return max(sound, key=lambda s: s[0]["epoch"])
@@ -190,7 +197,10 @@ class CheckpointDir:
         shutil.rmtree(self.dir, ignore_errors=True)
         if not self.root.is_dir():
             return
-        others = sorted((d for d in self.root.iterdir() if d.is_dir() and d.name != DAMAGED),
-                        key=lambda d: d.stat().st_mtime, reverse=True)
+        others = sorted(
+            (d for d in self.root.iterdir() if d.is_dir() and d.name != DAMAGED),
+            key=lambda d: d.stat().st_mtime,
+            reverse=True,
+        )
         for d in others[KEEP_UNFINISHED:]:
             shutil.rmtree(d, ignore_errors=True)

@@ -5,6 +5,7 @@ bf16 where the GPU supports it, else fp16 with a gradient scaler; on a CPU with 
 (AMX or AVX512-BF16) bf16 autocast, about twice as fast for these convolutions; on other
 CPUs full precision, since emulated bf16 is slower than fp32.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -13,6 +13,7 @@ the gradient is asked of `torch.autograd.grad` for the kept outputs only, so no 
 `.grad` is written and no optimizer step is taken. The input asks for a gradient, so frozen
 layers are measured too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,6 +64,7 @@ def layer_stats(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.
             outputs[name] = output
             # the tensor hook: called with d(loss)/d(output) when autograd computes it
             output.register_hook(lambda grad: norms.__setitem__(name, float(grad.detach().float().norm())))
+
         return hook
 
     was_training = model.training
@@ -81,15 +83,22 @@ def layer_stats(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.
             for h in handles:
                 h.remove()
             model.train(was_training)
-    return [{"layer": name, "activation_std": float(t.detach().float().std()),
-             "gradient_norm": norms.get(name, math.nan)} for name, t in outputs.items()]
+    return [
+        {"layer": name, "activation_std": float(t.detach().float().std()), "gradient_norm": norms.get(name, math.nan)}
+        for name, t in outputs.items()
+    ]
 
 
 class LayerDiagnostics:
     """The train stage's per-layer record: measured at step 0 (epoch 0) and after every epoch."""
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                 rows: list[dict] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        batch: tuple[torch.Tensor, torch.Tensor],
+        rows: list[dict] | None = None,
+    ):
         self.model, self.loss_fn = model, loss_fn
         self.x, self.y = batch
         self.rows = list(rows or [])
@@ -99,7 +108,6 @@ class LayerDiagnostics:
         rows = [{"epoch": epoch, "depth": d, **s} for d, s in enumerate(stats)]
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + rows
         return rows
-
 
 
 def layers_csv(rows: list[dict]) -> str:

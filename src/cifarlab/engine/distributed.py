@@ -4,6 +4,7 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with them, each rank joins the pr
 (NCCL on CUDA, gloo on the CPU), trains on its share of every epoch, sums its loss and
 accuracy counts with the others, and only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,12 +35,13 @@ def relaunch_under_torchrun(nproc: int, script: str, argv: list[str]) -> bool:
     """
     if nproc <= 1 or "WORLD_SIZE" in os.environ:
         return False
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           script, *argv]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script, *argv]
     print(f"train: {nproc} processes under torchrun: {' '.join(cmd[1:])}", flush=True)
     res = subprocess.run(cmd)
     if res.returncode != 0:
-        raise CifarlabError(f"torchrun with {nproc} processes failed (exit {res.returncode}); see the ranks' output above")
+        raise CifarlabError(
+            f"torchrun with {nproc} processes failed (exit {res.returncode}); see the ranks' output above"
+        )
     return True
 
 

@@ -14,6 +14,7 @@ Cost: one more copy of the weights in memory and a lerp over them every `every` 
 model, and updates are counted by global step, so a resumed run averages exactly as an
 uninterrupted one.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -39,6 +40,7 @@ class WeightAverage:
         def step(i: int, images: int, loss) -> None:
             if (base + i + 1) % self.ema.every == 0:
                 self.update()
+
         return step
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ Loss sums stay on the device and are read once per epoch, so a GPU never waits o
 per-step `.item()`; a non-finite loss is recorded (first bad step) the same way and stops
 training at the end of the epoch, before anything is saved from it.
 """
+
 from __future__ import annotations
 
 import math
@@ -143,8 +144,14 @@ class LoaderSource:
             sampler = range(self.samples)
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch * 104_729 + self.rank)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda", generator=g, persistent_workers=False)
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=g,
+            persistent_workers=False,
+        )
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
@@ -155,11 +162,20 @@ def _prepare(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return x
 
 
-def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, source, *,
-                    epoch: int, runtime: Runtime, scheduler, scaler: torch.amp.GradScaler,
-                    needs_closure: bool = False,
-                    on_step: Optional[Callable[[int, int, torch.Tensor], None]] = None,
-                    clip=None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    source,
+    *,
+    epoch: int,
+    runtime: Runtime,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    needs_closure: bool = False,
+    on_step: Optional[Callable[[int, int, torch.Tensor], None]] = None,
+    clip=None,
+) -> dict:
     """One pass over the training data; returns loss, accuracy, images and seconds.
 
     `on_step(step, images, loss)` runs after every step (a progress bar); the loss is a
@@ -214,6 +230,13 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    return epoch_result(losses, outputs, targets, norms, epoch=epoch, seconds=seconds)
+
+
+def epoch_result(losses: list, outputs: list, targets: list, norms: list, *, epoch: int, seconds: float) -> dict:
+    """The epoch's per-step references reduced once: mean loss, accuracy, images, gradient norms;
+    a non-finite step loss stops the run here, naming the step."""
+    dev = losses[0].device if losses else torch.device("cpu")
     sizes = torch.tensor([len(t) for t in targets], device=dev, dtype=torch.float64)
     step_losses = torch.stack(losses).double() if losses else torch.zeros(0, device=dev, dtype=torch.float64)
     nonfinite = (~torch.isfinite(step_losses)).nonzero()
@@ -225,9 +248,15 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
         raise NonFiniteLoss(
             f"the training loss became non-finite (NaN or inf) at epoch {epoch + 1}, step {bad + 1}; "
             f"try a lower learning rate (optimizer.lr), or another loss or initialization. "
-            f"The last good checkpoint (end of epoch {epoch}) is kept, and nothing of this epoch was saved")
-    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct / max(seen, 1),
-            "images": seen, "seconds": seconds, **_norm_summary(norms)}
+            f"The last good checkpoint (end of epoch {epoch}) is kept, and nothing of this epoch was saved"
+        )
+    return {
+        "loss": loss_sum.item() / max(seen, 1),
+        "acc": correct / max(seen, 1),
+        "images": seen,
+        "seconds": seconds,
+        **_norm_summary(norms),
+    }
 
 
 def clip_gradients(model: nn.Module, clip) -> torch.Tensor:
@@ -256,9 +285,11 @@ def _norm_summary(norms: list[torch.Tensor]) -> dict:
         return {}
     rows = torch.stack(norms).double().cpu()
     finite = rows[torch.isfinite(rows[:, 0]), 0]  # fp16 steps with inf gradients are skipped
-    return {"grad_norm": finite.mean().item() if len(finite) else math.nan,
-            "grad_norm_max": finite.max().item() if len(finite) else math.nan,
-            "clipped": rows[:, 1].mean().item()}
+    return {
+        "grad_norm": finite.mean().item() if len(finite) else math.nan,
+        "grad_norm_max": finite.max().item() if len(finite) else math.nan,
+        "clipped": rows[:, 1].mean().item(),
+    }
 
 
 #: evaluate.tta: test-time augmentation, the logits of several views of each image averaged.
@@ -297,8 +328,16 @@ def with_tta(model: nn.Module, mode: str) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: Optional[nn.Module], source, runtime: Runtime, *, ncrops: int = 1,
-             keep_outputs: bool = False, tta: str = "none") -> dict:
+def evaluate(
+    model: nn.Module,
+    loss_fn: Optional[nn.Module],
+    source,
+    runtime: Runtime,
+    *,
+    ncrops: int = 1,
+    keep_outputs: bool = False,
+    tta: str = "none",
+) -> dict:
     """Loss and accuracy over a source; multi-crop batches ([B, ncrops, C, H, W]) average their
     crops; `tta` (evaluate.tta, TTA_MODES) averages the logits of each image's views."""
     model = with_tta(model, tta)

@@ -34,6 +34,7 @@ The check fails when the estimate exceeds `FRACTION` (90%) of what is available:
 memory (`torch.cuda.mem_get_info`), or on the CPU `MemAvailable` from /proc/meminfo (psutil
 elsewhere), lowered to a cgroup's memory limit where one applies.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,9 +60,18 @@ LBFGS_HISTORY = 100  # torch.optim.LBFGS's default history_size
 #: momentum or amsgrad, when set, add at most one more buffer, which SAFETY covers).
 OPTIMIZER_STATE = {
     "SGD": 1.0,  # momentum_buffer
-    "Adam": 2.0, "AdamW": 2.0, "Adamax": 2.0, "NAdam": 2.0, "RAdam": 2.0, "SparseAdam": 2.0,
-    "Adadelta": 2.0, "Rprop": 2.0, "RMSprop": 2.0,  # square_avg, plus momentum/grad_avg when set
-    "Adagrad": 1.0, "ASGD": 1.0, "Muon": 1.0,
+    "Adam": 2.0,
+    "AdamW": 2.0,
+    "Adamax": 2.0,
+    "NAdam": 2.0,
+    "RAdam": 2.0,
+    "SparseAdam": 2.0,
+    "Adadelta": 2.0,
+    "Rprop": 2.0,
+    "RMSprop": 2.0,  # square_avg, plus momentum/grad_avg when set
+    "Adagrad": 1.0,
+    "ASGD": 1.0,
+    "Muon": 1.0,
     "Adafactor": 0.1,  # factored second moments: rows + columns, not the full matrix
     "LBFGS": 2.0 * LBFGS_HISTORY + 2.0,  # old_dirs and old_stps, each up to history_size flat copies
 }
@@ -103,10 +113,12 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         activations = self.fixed_activations + self.per_sample_activations * self.batch_size
-        return (f"parameters {gib(self.parameters)}, gradients {gib(self.gradients)}, optimizer state "
-                f"{gib(self.optimizer_state)}, activations {gib(activations)} "
-                f"({gib(self.per_sample_activations)} per image), x{self.safety:g} margin, "
-                f"{gib(self.runtime)} runtime overhead")
+        return (
+            f"parameters {gib(self.parameters)}, gradients {gib(self.gradients)}, optimizer state "
+            f"{gib(self.optimizer_state)}, activations {gib(activations)} "
+            f"({gib(self.per_sample_activations)} per image), x{self.safety:g} margin, "
+            f"{gib(self.runtime)} runtime overhead"
+        )
 
 
 def gib(n: float) -> str:
@@ -125,8 +137,9 @@ def _saved_for_backward(model: nn.Module, batch: int, input_shape: tuple[int, ..
     runs for real (the fallback for a model whose forward pass needs real values).
     """
     if device == "meta":
-        params = {n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
-                  for n, p in model.named_parameters()}
+        params = {
+            n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad) for n, p in model.named_parameters()
+        }
         buffers = {n: torch.empty_like(b, device="meta") for n, b in model.named_buffers()}
     else:
         params, buffers = dict(model.named_parameters()), {n: b.clone() for n, b in model.named_buffers()}
@@ -167,8 +180,13 @@ def _activations(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, i
     return 0, 0  # the model cannot run on a bare batch here; training will say why
 
 
-def estimate(model: nn.Module, batch_size: int, input_shape: tuple[int, ...] = (3, 32, 32),
-             amp_dtype: Optional[torch.dtype] = None, optimizer_name: Optional[str] = None) -> MemoryEstimate:
+def estimate(
+    model: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    amp_dtype: Optional[torch.dtype] = None,
+    optimizer_name: Optional[str] = None,
+) -> MemoryEstimate:
     """The estimate's parts (see the module docstring); `optimizer_name` None assumes Adam's state."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     parameters = _nbytes(model.parameters()) + _nbytes(model.buffers())
@@ -178,13 +196,20 @@ def estimate(model: nn.Module, batch_size: int, input_shape: tuple[int, ...] = (
     fixed, per_sample = _activations(model, tuple(input_shape))
     if amp_dtype is not None and torch.finfo(amp_dtype).bits == 16:
         per_sample = int(per_sample * AMP_ACTIVATION_FACTOR)
-        fixed = int(fixed * AMP_ACTIVATION_FACTOR) + _nbytes(p for p in model.parameters()
-                                                             if p.is_floating_point()) // 2
+        fixed = (
+            int(fixed * AMP_ACTIVATION_FACTOR) + _nbytes(p for p in model.parameters() if p.is_floating_point()) // 2
+        )
     return MemoryEstimate(parameters, gradients, optimizer_state, fixed, per_sample, batch_size)
 
 
-def estimate_training_bytes(model: nn.Module, batch_size: int, input_shape: tuple[int, ...] = (3, 32, 32),
-                            amp_dtype: Optional[torch.dtype] = None, *, optimizer_name: Optional[str] = None) -> int:
+def estimate_training_bytes(
+    model: nn.Module,
+    batch_size: int,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    amp_dtype: Optional[torch.dtype] = None,
+    *,
+    optimizer_name: Optional[str] = None,
+) -> int:
     """Bytes one training process needs for `model` at `batch_size`, with the safety margin."""
     return estimate(model, batch_size, input_shape, amp_dtype, optimizer_name).total
 
@@ -199,9 +224,10 @@ def _read_int(path: str) -> Optional[int]:
 
 def _cgroup_room() -> Optional[int]:
     """Room left under this process's cgroup memory limit (v2, then v1), if it has one."""
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and usage is not None and limit < 2**60:
             return max(limit - usage, 0)
@@ -239,16 +265,27 @@ def available_bytes_on(device: torch.device | str) -> tuple[Optional[int], str]:
     if device.type == "mps":
         with contextlib.suppress(AttributeError, RuntimeError):  # AttributeError: a torch without torch.mps
             mps = torch.mps
-            return (int(mps.recommended_max_memory() - mps.driver_allocated_memory()),
-                    "left of MPS's recommended working set")
+            return (
+                int(mps.recommended_max_memory() - mps.driver_allocated_memory()),
+                "left of MPS's recommended working set",
+            )
     where = "MemAvailable in /proc/meminfo" if os.path.exists("/proc/meminfo") else "available system memory"
     return cpu_available_bytes(), where
 
 
-def check_training_memory(model: nn.Module, batch_size: int, optimizer_name: Optional[str],
-                          device: torch.device | str, available_bytes: Optional[int] = None, *,
-                          amp_dtype: Optional[torch.dtype] = None, input_shape: tuple[int, ...] = (3, 32, 32),
-                          extra_bytes: int = 0, processes: int = 1, fraction: float = FRACTION) -> MemoryEstimate:
+def check_training_memory(
+    model: nn.Module,
+    batch_size: int,
+    optimizer_name: Optional[str],
+    device: torch.device | str,
+    available_bytes: Optional[int] = None,
+    *,
+    amp_dtype: Optional[torch.dtype] = None,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    extra_bytes: int = 0,
+    processes: int = 1,
+    fraction: float = FRACTION,
+) -> MemoryEstimate:
     """Raise ParamsError('train.batch_size') when training would not fit in `fraction` of the memory.
 
     `available_bytes` defaults to what the device has free now; `extra_bytes` is memory the
@@ -269,9 +306,12 @@ def check_training_memory(model: nn.Module, batch_size: int, optimizer_name: Opt
     if est.total <= budget:
         return est
     fits = est.max_batch_size(budget)
-    advice = (f"lower train.batch_size to {fits} or less" if fits >= 1 else
-              "even a batch of 1 does not fit: choose a smaller model (model.name), a lighter optimizer "
-              "(optimizer.name), or a device with more memory (train.device)")
+    advice = (
+        f"lower train.batch_size to {fits} or less"
+        if fits >= 1
+        else "even a batch of 1 does not fit: choose a smaller model (model.name), a lighter optimizer "
+        "(optimizer.name), or a device with more memory (train.device)"
+    )
     extra = f" plus {gib(extra_bytes)} of data held there" if extra_bytes else ""
     raise ParamsError(
         "train.batch_size",

@@ -6,6 +6,7 @@ so it happens a few times a second, not every step. Elsewhere (CI, `dvc queue lo
 file) there is no bar and no per-step work at all: the train stage prints one plain line
 per epoch instead. `CIFARLAB_PROGRESS=0` or `1` overrides the TTY check.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,13 +30,20 @@ def wanted(stream: TextIO = sys.stderr) -> bool:
 class EpochBar:
     """`on_step(step, images, loss)` for `train_one_epoch`: a tqdm bar over one epoch's steps."""
 
-    def __init__(self, epoch: int, epochs: int, steps: int, *, stream: TextIO = sys.stderr,
-                 interval: float = 0.25):
+    def __init__(self, epoch: int, epochs: int, steps: int, *, stream: TextIO = sys.stderr, interval: float = 0.25):
         # the terminal's size once per epoch: one reporting 0 x 0 (a fresh pseudo-terminal, some
         # CI consoles) gets shutil's fallback, since tqdm draws nothing at all with 0 rows
         size = shutil.get_terminal_size((100, 20))
-        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", file=stream,
-                        leave=False, ncols=size.columns, nrows=size.lines, mininterval=interval)
+        self.bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            unit="step",
+            file=stream,
+            leave=False,
+            ncols=size.columns,
+            nrows=size.lines,
+            mininterval=interval,
+        )
         self.interval = interval
         self.start = self.last = time.perf_counter()
         self.images = 0
@@ -54,8 +62,10 @@ class EpochBar:
         self.bar.update(step + 1 - self.done)
         self.done = step + 1
         # the last step always shows, so even an epoch shorter than `interval` draws its numbers
-        self.bar.set_postfix_str(f"{self.images / max(now - self.start, 1e-9):.0f} img/s, "
-                                 f"loss {self.loss_sum / self.loss_images:.4f}", refresh=last)
+        self.bar.set_postfix_str(
+            f"{self.images / max(now - self.start, 1e-9):.0f} img/s, loss {self.loss_sum / self.loss_images:.4f}",
+            refresh=last,
+        )
         self.last = now
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ The batch path (decoded uint8 tensors on the device, whole-batch augmentation) w
 transform is covered by it; per-sample torchvision transforms on the decoded images when
 not, said in one log line; the tutorial's per-image PIL path when `augment.backend: pil`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,24 +33,50 @@ class MemoryDataset(torch.utils.data.Dataset):
         return self.transform(tv_tensors.Image(self.images[i])), self.labels[i]
 
 
-def make_source(entries: list, key: str, *, backend: str, images, labels, index: Path, stats: dict,
-                runtime: Runtime, batch_size: int, seed: int, shuffle: bool, num_workers: int = 0,
-                dist: Dist = Dist(), log=print, keep: bool = False):
+def make_source(
+    entries: list,
+    key: str,
+    *,
+    backend: str,
+    images,
+    labels,
+    index: Path,
+    stats: dict,
+    runtime: Runtime,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    dist: Dist = Dist(),
+    log=print,
+    keep: bool = False,
+):
     """A batch source for `entries` (augment.train or augment.eval) over these images; `keep`:
     hold on to the batches of a source that gives the same ones every epoch (validation)."""
-    common: dict[str, Any] = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
-                  rank=dist.rank if shuffle else 0, world=dist.world if shuffle else 1)
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        rank=dist.rank if shuffle else 0,
+        world=dist.world if shuffle else 1,
+    )
     if backend == "tensor":
         fast = plan(entries, stats, key)
         if fast is not None:
             fast = fast.to(runtime.device)
-            return TensorSource(runtime.to_device(images), runtime.to_device(labels), fast,
-                                channels_last=runtime.channels_last, keep=keep, **common)
-        log(f"{key}: {', '.join(uncovered(entries))} not covered by the batch path; "
-            f"using per-sample torchvision transforms on the decoded images")
+            return TensorSource(
+                runtime.to_device(images),
+                runtime.to_device(labels),
+                fast,
+                channels_last=runtime.channels_last,
+                keep=keep,
+                **common,
+            )
+        log(
+            f"{key}: {', '.join(uncovered(entries))} not covered by the batch path; "
+            f"using per-sample torchvision transforms on the decoded images"
+        )
         dataset = MemoryDataset(images, labels, build_transform(entries, key, stats))
     else:
         dataset = IndexDataset(index, build_transform(entries, key, stats))
     return LoaderSource(dataset, device=runtime.device, num_workers=num_workers, **common)
-
-

@@ -8,6 +8,7 @@ per epoch. The run directory is this stage's alone; visualize writes its own bes
 Event files are snapshotted into the checkpoint each epoch, so a resumed run keeps the
 epochs it logged before it was interrupted (DVC empties the output before a rerun).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,12 @@ from torch.utils.tensorboard import SummaryWriter
 HISTOGRAM_BINS = 64
 
 #: TensorBoard's Custom Scalars tab: train and valid in one chart, from one run
-LAYOUT = {"training": {"loss": ["Multiline", ["loss/train", "loss/valid"]],
-                       "accuracy": ["Multiline", ["accuracy/train", "accuracy/valid"]]}}
+LAYOUT = {
+    "training": {
+        "loss": ["Multiline", ["loss/train", "loss/valid"]],
+        "accuracy": ["Multiline", ["accuracy/train", "accuracy/valid"]],
+    }
+}
 
 
 class StepLogger:
@@ -58,11 +63,13 @@ def chain(*callbacks):
     def on_step(step, images, loss):
         for c in live:
             c(step, images, loss)
+
     return on_step
 
 
 def _names_its_run(method):
     """A full or read-only disk meets SummaryWriter's writes as an OSError naming no file: name the run."""
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
@@ -71,6 +78,7 @@ def _names_its_run(method):
             if not exc.filename:
                 exc.filename = str(self.logdir)
             raise
+
     return wrapper
 
 
@@ -117,8 +125,7 @@ class TrainLogger:
             for name, p in model.named_parameters():
                 w.add_histogram(f"weights/{name}", p.detach().float().cpu(), e, bins=HISTOGRAM_BINS)  # pyright: ignore[reportArgumentType]  # see below
                 if p.grad is not None:
-                    w.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), e,
-                                    bins=HISTOGRAM_BINS)  # pyright: ignore[reportArgumentType]  # an int works: bins goes to numpy.histogram
+                    w.add_histogram(f"gradients/{name}", p.grad.detach().float().cpu(), e, bins=HISTOGRAM_BINS)  # pyright: ignore[reportArgumentType]  # an int works: bins goes to numpy.histogram
         w.flush()
 
     @_names_its_run
@@ -134,8 +141,7 @@ class TrainLogger:
         self.writer.flush()
         for sub in (self.writer.all_writers or {}).values():  # None only before the first event file
             sub.flush()
-        return {p.relative_to(self.logdir).as_posix(): p.read_bytes()
-                for p in self.logdir.rglob("*") if p.is_file()}
+        return {p.relative_to(self.logdir).as_posix(): p.read_bytes() for p in self.logdir.rglob("*") if p.is_file()}
 
     @_names_its_run
     def finish(self, params, metrics: dict) -> None:
@@ -145,6 +151,7 @@ class TrainLogger:
                 if isinstance(v, (int, float, str, bool)):
                     flat[f"{section}.{k}"] = v
         flat["seed"] = params.seed
-        self.writer.add_hparams(flat, {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))},
-                                run_name=".")
+        self.writer.add_hparams(
+            flat, {f"hparam/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, run_name="."
+        )
         self.writer.close()

@@ -4,6 +4,7 @@
 tutorial's own nets) or `torchvision.*` (every torchvision classification model, adapted to
 32x32 inputs). See registry.py for the API the training stage uses.
 """
+
 from cifarlab.models.finetune import LoadReport, freeze, load_pretrained, read_state_dict
 from cifarlab.models.init import apply_init, check_init
 from cifarlab.models.registry import DEFAULT_MODEL, build_model, check_model, create_model, model_names, split_name

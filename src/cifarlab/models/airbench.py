@@ -19,6 +19,7 @@ first start from torch's default init with their first in_channels filters made 
 (`torch.nn.init.dirac_`, airbench's "dirac" init), so each group starts close to passing
 its input through. The convs have no bias (the batch norms' shift replaces it).
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,10 +37,13 @@ class ConvGroup(nn.Sequential):
 
     def __init__(self, cin: int, cout: int, *, bn_momentum: float, norm_weight: bool):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2),
-            _norm(cout, bn_momentum, norm_weight), nn.GELU(),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            _norm(cout, bn_momentum, norm_weight),
+            nn.GELU(),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            _norm(cout, bn_momentum, norm_weight), nn.GELU(),
+            _norm(cout, bn_momentum, norm_weight),
+            nn.GELU(),
         )
 
 
@@ -63,9 +67,16 @@ class Airbench(nn.Module):
         norm_weight: train the batch norms' scale (airbench94: false, fixed at 1).
     """
 
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] | list[int] = (64, 256, 256),
-                 whiten_width: int = 24, logit_scale: float = 1 / 9, *, bn_momentum: float = 0.4,
-                 norm_weight: bool = False):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, ...] | list[int] = (64, 256, 256),
+        whiten_width: int = 24,
+        logit_scale: float = 1 / 9,
+        *,
+        bn_momentum: float = 0.4,
+        norm_weight: bool = False,
+    ):
         super().__init__()
         widths = list(widths) if isinstance(widths, (list, tuple)) else widths
         if not isinstance(widths, list) or not 1 <= len(widths) <= 4:
@@ -81,8 +92,12 @@ class Airbench(nn.Module):
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
         self.act = nn.GELU()
         cins = [whiten_width, *widths[:-1]]
-        self.groups = nn.Sequential(*[ConvGroup(cin, cout, bn_momentum=float(bn_momentum), norm_weight=norm_weight)
-                                      for cin, cout in zip(cins, widths)])
+        self.groups = nn.Sequential(
+            *[
+                ConvGroup(cin, cout, bn_momentum=float(bn_momentum), norm_weight=norm_weight)
+                for cin, cout in zip(cins, widths)
+            ]
+        )
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes, bias=False)
         self._dirac()

@@ -17,6 +17,7 @@ stage does about the same number of multiply-adds (widths double as the area qua
 all the convs are plain 3x3 without bias, which oneDNN runs fastest in channels_last.
 `width` is the first stage's channel count; the stem has width/2 and the later stages 2x and 4x.
 """
+
 from __future__ import annotations
 
 import torch
@@ -108,9 +109,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

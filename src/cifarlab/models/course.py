@@ -11,6 +11,7 @@
 `activation(name)` gives the tutorial's nets (tutorial.py) their activation by name: any
 shape-preserving, element-wise activation of `torch.nn` that needs no argument.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -94,10 +95,15 @@ class ModuleDictNet(nn.Module):
 def beginner_net(num_classes: int = 10) -> nn.Sequential:
     """The beginner notes' net: three conv(5x5, pad 2)-maxpool(2) blocks, fc 1024-64-classes."""
     return nn.Sequential(
-        nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(2),
-        nn.Conv2d(32, 32, 5, padding=2), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.Linear(64, num_classes),
+        nn.Conv2d(3, 32, 5, padding=2),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 5, padding=2),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 64),
+        nn.Linear(64, num_classes),
     )
 
 

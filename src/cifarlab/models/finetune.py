@@ -7,6 +7,7 @@ runs. Entries are matched by name and shape, so a net trained on another dataset
 head size) still gives all its other layers: the mismatches are skipped and reported, which
 is the tutorial's finetuning recipe (load everything but the classifier, then train).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -113,7 +114,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     for prefix in WRAPPER_PREFIXES:
         if all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return obj
 
 
@@ -160,8 +161,7 @@ def freeze(model: nn.Module, prefixes: list[str]) -> list[str]:
         if not isinstance(prefix, str) or not prefix:
             raise ParamsError(f"model.freeze.{i}", "must be a non-empty parameter-name prefix", prefix)
         if not any(n.startswith(prefix) for n in names):
-            raise ParamsError(f"model.freeze.{i}", "matches no parameter of the model", prefix,
-                              top_level_names(model))
+            raise ParamsError(f"model.freeze.{i}", "matches no parameter of the model", prefix, top_level_names(model))
     frozen = []
     for name, p in model.named_parameters():
         if any(name.startswith(prefix) for prefix in prefixes):

@@ -29,6 +29,7 @@ subclasses, e.g. attention output projections); batchnorm = BatchNorm*/InstanceN
 (affine), GroupNorm, LayerNorm and RMSNorm weights. Weights held directly by other modules
 (nn.MultiheadAttention's fused in_proj_weight, ViT's position embedding) keep their own init.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -77,8 +78,18 @@ LAYER_TYPES: dict[str, tuple[tuple[type, ...], tuple[int, ...], str]] = {
 
 #: Names calculate_gain knows (its documentation's table).
 NONLINEARITIES = (
-    "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-    "conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu",
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
 )
 
 
@@ -150,8 +161,7 @@ def plan(layer: str, component) -> InitPlan:
     if method == DEFAULT:
         return InitPlan(layer, DEFAULT)
     if method not in METHODS or not callable(getattr(nn.init, method, None)):
-        raise ParamsError(f"{base}.name", "unknown torch.nn.init method", component.name,
-                          (DEFAULT,) + tuple(METHODS))
+        raise ParamsError(f"{base}.name", "unknown torch.nn.init method", component.name, (DEFAULT,) + tuple(METHODS))
     reason = _fits(method, layer)
     if reason:
         choices = (DEFAULT,) + tuple(m for m in METHODS if _fits(m, layer) is None)
@@ -164,16 +174,18 @@ def plan(layer: str, component) -> InitPlan:
         allowed.append("param")  # the slope for gain: leaky_relu
     for name in written:
         if name not in allowed:
-            raise ParamsError(f"{key}.{name}", f"unknown argument of torch.nn.init.{method}",
-                              written[name], allowed)
+            raise ParamsError(f"{key}.{name}", f"unknown argument of torch.nn.init.{method}", written[name], allowed)
     for name, p in parameters.items():
         if name != "tensor" and p.default is p.empty and p.kind is not p.VAR_KEYWORD and name not in written:
             raise ParamsError(f"{key}.{name}", f"required by torch.nn.init.{method}")
     kwargs = dict(written)
     if "gain" in kwargs or "param" in kwargs:
         if "param" in kwargs and not isinstance(kwargs.get("gain"), str):
-            raise ParamsError(f"{key}.param", "only used with gain given as a nonlinearity name "
-                              "(e.g. gain: leaky_relu, param: 0.2)", kwargs["param"])
+            raise ParamsError(
+                f"{key}.param",
+                "only used with gain given as a nonlinearity name (e.g. gain: leaky_relu, param: 0.2)",
+                kwargs["param"],
+            )
         kwargs["gain"] = _gain(kwargs.get("gain", 1.0), kwargs.pop("param", None), key)
     result = InitPlan(layer, method, kwargs, written)
     _try(result, key)
@@ -191,16 +203,21 @@ def _try(p: InitPlan, key: str) -> None:
         if len(culprits) != 1 and isinstance(exc, AttributeError):
             culprits = [k for k, v in p.written.items() if not isinstance(v, (str, int, float))] or culprits
         where = f"{key}.{culprits[0]}" if len(culprits) == 1 else key
-        raise ParamsError(where, f"torch.nn.init.{p.method} refused it: {exc}",
-                          p.written.get(culprits[0]) if len(culprits) == 1 else None) from None
+        raise ParamsError(
+            where,
+            f"torch.nn.init.{p.method} refused it: {exc}",
+            p.written.get(culprits[0]) if len(culprits) == 1 else None,
+        ) from None
     if not torch.isfinite(sample).all():
         # torch fills NaN or inf weights without complaint (normal_ with mean: .nan): the
         # first epoch would then stop on a non-finite loss, far from the cause
-        bad = [k for k, v in p.written.items()
-               if isinstance(v, float) and not math.isfinite(v)]
+        bad = [k for k, v in p.written.items() if isinstance(v, float) and not math.isfinite(v)]
         where = f"{key}.{bad[0]}" if len(bad) == 1 else key
-        raise ParamsError(where, f"torch.nn.init.{p.method} gives non-finite weights with it; "
-                          "use finite numbers", p.written.get(bad[0]) if len(bad) == 1 else None)
+        raise ParamsError(
+            where,
+            f"torch.nn.init.{p.method} gives non-finite weights with it; use finite numbers",
+            p.written.get(bad[0]) if len(bad) == 1 else None,
+        )
 
 
 def plan_all(init) -> dict[str, InitPlan]:

@@ -16,6 +16,7 @@ in SOURCES, not a branch in every function.
 The training stage calls model_names(), check_model(params), build_model(name, kwargs,
 num_classes) and create_model(params, num_classes, log).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -49,8 +50,7 @@ class LocalSource:
     def accepted(self, arch: str) -> tuple[str, ...]:
         params = inspect.signature(self.models[arch]).parameters.values()
         return tuple(
-            p.name for p in params
-            if p.name != "num_classes" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            p.name for p in params if p.name != "num_classes" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         )
 
     def build(self, arch: str, kwargs: Optional[dict], num_classes: int = 10, key: Optional[str] = None) -> nn.Module:
@@ -61,8 +61,12 @@ class LocalSource:
             if name == "num_classes":
                 raise ParamsError(f"{key}.{name}", "set by the data (10 for CIFAR-10)", value)
             if name not in accepted:
-                raise ParamsError(f"{key}.{name}", f"unknown argument of {self.source}.{arch}",
-                                  value, accepted or ["(none: it takes no arguments)"])
+                raise ParamsError(
+                    f"{key}.{name}",
+                    f"unknown argument of {self.source}.{arch}",
+                    value,
+                    accepted or ["(none: it takes no arguments)"],
+                )
         try:
             return self.models[arch](num_classes=num_classes, **kwargs)
         except TORCH_ARGUMENT_ERRORS as exc:
@@ -112,7 +116,8 @@ class UserSource(LocalSource):
                 if arch in builtin:
                     raise RegistrationError(
                         f"{entry.where} registers model '{arch}', which clashes with the built-in "
-                        f"{builtin[arch]}.{arch}: register it under another name (chosen as user.<name>)")
+                        f"{builtin[arch]}.{arch}: register it under another name (chosen as user.<name>)"
+                    )
         return {arch: entry.target for arch, entry in entries.items()}
 
 
@@ -142,8 +147,10 @@ def _unknown_name(name: str) -> ParamsError:
     choices = [n for n in everything if not n.startswith("torchvision.")]
     choices.append(f"torchvision.<any of {len(tv)} torchvision classification models, e.g. resnet18>")
     return ParamsError(
-        "model.name", f"unknown model: names are <source>.<arch> with source one of "
-        f"{', '.join(SOURCES)}{hint}", name, choices,
+        "model.name",
+        f"unknown model: names are <source>.<arch> with source one of {', '.join(SOURCES)}{hint}",
+        name,
+        choices,
     )
 
 
@@ -169,8 +176,11 @@ def check_model(params) -> None:
         known = SOURCES[src].names()
         for a in archs or {}:
             if a not in known:
-                raise ParamsError(f"model.{src}.{a}", f"no {src} model of that name; arguments "
-                                  f"live under model.{src}.<arch>", choices=known)
+                raise ParamsError(
+                    f"model.{src}.{a}",
+                    f"no {src} model of that name; arguments live under model.{src}.<arch>",
+                    choices=known,
+                )
     SOURCES[source].check(arch, params.kwargs_for(), f"model.{source}.{arch}")
     check_init(params.init)
     if params.whiten.enabled:  # the first conv must fit a patch whitening: checked on a meta build

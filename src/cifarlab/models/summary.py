@@ -4,6 +4,7 @@ Shapes are recorded as they happen rather than computed from the layer definitio
 table is right for every architecture, including functional code in forward() and layers
 called more than once (each call gets a row; its parameters are counted on the first).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -82,9 +83,7 @@ def summarize(model: nn.Module, input_size=(1, 3, 32, 32)) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(4)]
 
     def line(r):
-        return "  ".join(
-            (c.rjust(w) if i == 3 else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))
-        ).rstrip()
+        return "  ".join((c.rjust(w) if i == 3 else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
 
     rule = "-" * len(line(header))
     total = sum(p.numel() for p in model.parameters())

@@ -19,6 +19,7 @@ builder; `weights`/`pretrained` are refused: nothing is ever downloaded, pretrai
 come only from a local file (model.pretrained). `check` builds on the `meta` device and runs
 a meta forward pass on a 32x32 batch, which validates names and values without allocating.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,8 +41,7 @@ SIZE = 32
 
 #: Builder arguments that params may not set, and why.
 RESERVED = {
-    "weights": "pretrained weights are never downloaded; give a local state-dict file as "
-    "model.pretrained instead",
+    "weights": "pretrained weights are never downloaded; give a local state-dict file as model.pretrained instead",
     "pretrained": "torchvision's old spelling of weights, which would download; give a local "
     "state-dict file as model.pretrained instead",
     "progress": "nothing is downloaded, so there is no progress to show",
@@ -237,9 +237,7 @@ FAMILIES: dict[str, Family] = {
         settable=("stochastic_depth_prob",),
     ),
     "DenseNet": Family("stem conv 7x7 stride 2 -> 3x3 stride 1, stem max-pool dropped", _densenet),
-    "EfficientNet": Family(
-        "stem conv stride 2 -> 1", _first_stride1("features.0.0"), settable=("dropout",)
-    ),
+    "EfficientNet": Family("stem conv stride 2 -> 1", _first_stride1("features.0.0"), settable=("dropout",)),
     "GoogLeNet": Family(
         "conv1 7x7 stride 2 -> 3x3 stride 1, maxpool1 dropped; aux_logits off",
         _googlenet,
@@ -331,9 +329,7 @@ def _intercept(builder, cls, overrides: dict, *, allowed_extra: tuple, captured:
     if scope.get(name) is not cls:
         raise RuntimeError(f"{builder.__module__} does not refer to {name} by name")
     signature = inspect.signature(cls)
-    var_kw = next(
-        (p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
-    )
+    var_kw = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
     ambient = torch.empty(()).device  # where the caller builds: cpu, or meta under torch.device
 
@@ -372,8 +368,9 @@ def _build(arch: str, kwargs: dict, num_classes: int, captured: Optional[set] = 
     call = {**family.defaults, **user, "num_classes": num_classes}
     overrides = family.constructor(extras) if family.constructor else {}
     captured = set() if captured is None else captured
-    with _intercept(builder, cls, overrides, allowed_extra=family.settable, captured=captured,
-                    on_cpu=family.builder_on_cpu):
+    with _intercept(
+        builder, cls, overrides, allowed_extra=family.settable, captured=captured, on_cpu=family.builder_on_cpu
+    ):
         model = builder(weights=None, **call)
     family.adapt(model, extras)
     return model
@@ -444,18 +441,16 @@ def _params_error(arch: str, kwargs: dict, key: str, exc: Exception) -> ParamsEr
     if match:
         return ParamsError(
             f"{key}.{match.group(2)}",
-            f"fixed by torchvision's {arch} builder (it defines the architecture); choose "
-            "another model name instead",
+            f"fixed by torchvision's {arch} builder (it defines the architecture); choose another model name instead",
             kwargs.get(match.group(2)),
             choices=accepted(arch),
         )
-    return ParamsError(key, f"torchvision.models.{arch} does not accept these arguments at "
-                       f"{SIZE}x{SIZE}: {type(exc).__name__}: {exc}")
+    return ParamsError(
+        key, f"torchvision.models.{arch} does not accept these arguments at {SIZE}x{SIZE}: {type(exc).__name__}: {exc}"
+    )
 
 
-def build(
-    arch: str, kwargs: Optional[dict] = None, num_classes: int = 10, key: Optional[str] = None
-) -> nn.Module:
+def build(arch: str, kwargs: Optional[dict] = None, num_classes: int = 10, key: Optional[str] = None) -> nn.Module:
     """Build torchvision's `arch` (weights=None) adapted to 32x32 inputs and `num_classes`."""
     key = key or f"model.torchvision.{arch}"
     kwargs = dict(kwargs or {})
@@ -479,9 +474,13 @@ def check(arch: str, kwargs: Optional[dict] = None, key: Optional[str] = None) -
             out = model.eval()(torch.empty(2, 3, SIZE, SIZE))
         except (*TORCH_ARGUMENT_ERRORS, AssertionError) as exc:
             raise ParamsError(
-                key, f"torchvision.models.{arch} does not work at {SIZE}x{SIZE} with these "
-                f"arguments: {type(exc).__name__}: {exc}"
+                key,
+                f"torchvision.models.{arch} does not work at {SIZE}x{SIZE} with these "
+                f"arguments: {type(exc).__name__}: {exc}",
             ) from None
     if tuple(out.shape) != (2, 10):
-        raise ParamsError(key, f"torchvision.models.{arch} gives {tuple(out.shape)} logits for "
-                          f"a (2, 3, {SIZE}, {SIZE}) batch, not (2, 10)")
+        raise ParamsError(
+            key,
+            f"torchvision.models.{arch} gives {tuple(out.shape)} logits for "
+            f"a (2, 3, {SIZE}, {SIZE}) batch, not (2, 10)",
+        )

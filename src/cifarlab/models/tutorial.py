@@ -15,6 +15,7 @@
   final pooling as the only change. The CIFAR-stem ResNet-34 that used to be here is
   `cifarlab.resnet34` (models/cifar.py).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -128,8 +129,7 @@ class ResidualBlock(nn.Module):
     `_make_layer` gives the first block of a stage. The sum goes through a ReLU.
     """
 
-    def __init__(self, inchannel: int, outchannel: int, stride: int = 1,
-                 shortcut: Optional[nn.Module] = None):
+    def __init__(self, inchannel: int, outchannel: int, stride: int = 1, shortcut: Optional[nn.Module] = None):
         super().__init__()
         self.left = nn.Sequential(
             nn.Conv2d(inchannel, outchannel, 3, stride, 1, bias=False),

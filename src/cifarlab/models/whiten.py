@@ -20,6 +20,7 @@ The patches are read from the images *as the net sees them* (the caller passes t
 the evaluation transforms, i.e. normalized). The result is ordinary weights: a saved model
 loads and runs anywhere without this module.
 """
+
 from __future__ import annotations
 
 from typing import Optional, cast
@@ -47,8 +48,10 @@ def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     if m.groups != 1 or m.dilation != (1, 1):
         problems.append("it is grouped or dilated")
     if m.out_channels > limit:
-        problems.append(f"it has {m.out_channels} filters and a {kh}x{kw} patch whitening gives at most "
-                        f"{limit} (2 x 3 x {kh} x {kw}: each eigenvector with both signs)")
+        problems.append(
+            f"it has {m.out_channels} filters and a {kh}x{kw} patch whitening gives at most "
+            f"{limit} (2 x 3 x {kh} x {kw}: each eigenvector with both signs)"
+        )
     if problems:
         raise ParamsError(KEY, f"the model's first conv '{name}' cannot be whitened: {'; '.join(problems)}")
     return name, m
@@ -61,8 +64,9 @@ def patches(images: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-def whitening(images: torch.Tensor, out_channels: int, kernel: tuple[int, int],
-              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def whitening(
+    images: torch.Tensor, out_channels: int, kernel: tuple[int, int], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight [out_channels, 3, kh, kw], bias [out_channels]) whitening these images' patches."""
     p = patches(images, kernel)
     mean = p.mean(0)

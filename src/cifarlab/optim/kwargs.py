@@ -4,6 +4,7 @@ The optimizer, loss and scheduler builders share this check: a name that the con
 does not take, a value of the wrong type (against torch's annotations) or a missing required
 argument stops before any work, with the key named, e.g. ``optimizer.Adam.betas``.
 """
+
 from __future__ import annotations
 
 import collections.abc as abc
@@ -125,9 +126,7 @@ def _coerce(value, hint, lenient: bool):
     if hint is torch.Tensor:
         if _is_number(value) and _finite(value):
             return value
-        if isinstance(value, (list, tuple)) and value and all(
-            _is_number(v) and _finite(v) for v in value
-        ):
+        if isinstance(value, (list, tuple)) and value and all(_is_number(v) and _finite(v) for v in value):
             return torch.tensor([float(v) for v in value])
         raise _Mismatch("a number or a list of numbers")
     if origin in (tuple, list, abc.Iterable, abc.Sequence) or hint in (tuple, list):

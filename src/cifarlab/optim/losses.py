@@ -38,6 +38,7 @@ arguments from ``loss.<Name>``, checked against its signature like torch's (plus
 ``num_classes`` when it takes one), and used without an adapter. Its name must not be a
 torch.nn class's.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,10 +87,8 @@ REFUSED = {
     "CosineEmbeddingLoss": _PAIRS,
     "TripletMarginLoss": _PAIRS,
     "TripletMarginWithDistanceLoss": _PAIRS,
-    "CTCLoss": "it aligns sequences (speech, handwriting) with label sequences; "
-    "an image has one label",
-    "GaussianNLLLoss": "it needs a predicted variance besides the prediction; "
-    "the classifiers here output logits only",
+    "CTCLoss": "it aligns sequences (speech, handwriting) with label sequences; an image has one label",
+    "GaussianNLLLoss": "it needs a predicted variance besides the prediction; the classifiers here output logits only",
     "AdaptiveLogSoftmaxWithLoss": "it owns the final layer (it takes features, not logits) "
     "and is built for very large vocabularies, not 10 classes",
     "LinearCrossEntropyLoss": "it owns the final Linear layer (it takes features, not "
@@ -104,9 +103,7 @@ _FIXED = {
     "reduce": _DEPRECATED,
 }
 _FIXED_FOR = {
-    "PoissonNLLLoss": {
-        "log_input": "the adapter feeds the logits as log-rates, so log_input stays true"
-    },
+    "PoissonNLLLoss": {"log_input": "the adapter feeds the logits as log-rates, so log_input stays true"},
 }
 #: Extra keys of cifarlab's own, per loss: name -> default.
 EXTRA = {"KLDivLoss": {"label_smoothing": 0.0}}
@@ -123,8 +120,10 @@ def user_losses() -> dict[str, register.Entry]:
     entries = register.registered("loss")
     for name, entry in entries.items():
         if hasattr(nn, name):
-            raise RegistrationError(f"{entry.where} registers loss '{name}', which clashes with the built-in "
-                                    f"torch.nn.{name}: register it under another name")
+            raise RegistrationError(
+                f"{entry.where} registers loss '{name}', which clashes with the built-in "
+                f"torch.nn.{name}: register it under another name"
+            )
     return entries
 
 
@@ -245,8 +244,10 @@ def _build_user_loss(params: LossParams, entry: register.Entry, num_classes: int
     except TORCH_ARGUMENT_ERRORS as exc:
         raise ParamsError(key, f"{entry.where} refused the arguments: {exc}", params.kwargs_for()) from None
     if not isinstance(loss, nn.Module):
-        raise RegistrationError(f"{entry.where} (loss '{params.name}') must build a torch.nn.Module, "
-                                f"called as loss(logits, target); it built a {type(loss).__name__}")
+        raise RegistrationError(
+            f"{entry.where} (loss '{params.name}') must build a torch.nn.Module, "
+            f"called as loss(logits, target); it built a {type(loss).__name__}"
+        )
     return loss
 
 
@@ -260,8 +261,7 @@ def build_loss(params: LossParams, num_classes: int = 10) -> nn.Module:
     try:
         loss = cls(**kwargs)
     except TORCH_ARGUMENT_ERRORS as exc:
-        raise ParamsError(f"loss.{params.name}", f"torch refused the arguments: {exc}",
-                          params.kwargs_for()) from None
+        raise ParamsError(f"loss.{params.name}", f"torch refused the arguments: {exc}", params.kwargs_for()) from None
     return ClassificationLoss(params.name, loss, num_classes, **extras)
 
 
@@ -279,11 +279,12 @@ def check_loss(params: LossParams, num_classes: int = 10) -> None:
         value = loss(logits, target)
         value.backward()
     except (*TORCH_ARGUMENT_ERRORS, IndexError) as exc:
-        raise ParamsError(f"loss.{params.name}", f"torch failed on a test batch: {exc}",
-                          params.kwargs_for()) from None
+        raise ParamsError(f"loss.{params.name}", f"torch failed on a test batch: {exc}", params.kwargs_for()) from None
     if value.ndim != 0:
-        raise ParamsError(f"loss.{params.name}", f"gives a tensor of shape {list(value.shape)} on a test "
-                          "batch, not one number", params.kwargs_for())
+        raise ParamsError(
+            f"loss.{params.name}",
+            f"gives a tensor of shape {list(value.shape)} on a test batch, not one number",
+            params.kwargs_for(),
+        )
     if not math.isfinite(value.item()):
-        raise ParamsError(f"loss.{params.name}", "gives a non-finite loss on a test batch",
-                          params.kwargs_for())
+        raise ParamsError(f"loss.{params.name}", "gives a non-finite loss on a test batch", params.kwargs_for())

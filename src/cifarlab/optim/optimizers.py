@@ -11,6 +11,7 @@ and then the optimizer is built on a tiny dummy problem and stepped once, so tha
 torch would only reject later (a negative ``eps``, ``betas`` of the wrong length...) fail
 now, with the key named.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -39,9 +40,12 @@ _FIXED = {
 _GROUP_KEYS = {"prefix", "kind", "lr_mult", "lr"}
 
 #: Layer types whose parameters are `kind: norm`.
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-              *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
-
+NORM_TYPES = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -67,8 +71,7 @@ def supported_optimizers() -> list[str]:
 def _resolve(params: OptimizerParams) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     name = params.name
     if name in REFUSED:
-        raise ParamsError("optimizer.name", f"{name} cannot be used: {REFUSED[name]}", name,
-                          supported_optimizers())
+        raise ParamsError("optimizer.name", f"{name} cannot be used: {REFUSED[name]}", name, supported_optimizers())
     cls = optimizer_classes().get(name)
     if cls is None:
         raise ParamsError("optimizer.name", "unknown optimizer", name, supported_optimizers())
@@ -78,9 +81,7 @@ def _resolve(params: OptimizerParams) -> tuple[type[torch.optim.Optimizer], dict
             f"{name} supports only one parameter group, so no per-group arguments; "
             "remove optimizer.groups or pick another optimizer",
         )
-    kwargs = validate_kwargs(
-        f"optimizer.{name}", cls, params.kwargs_for(name), skip=("params",), fixed=_FIXED
-    )
+    kwargs = validate_kwargs(f"optimizer.{name}", cls, params.kwargs_for(name), skip=("params",), fixed=_FIXED)
     return cls, kwargs
 
 
@@ -94,8 +95,9 @@ def group_kwargs(cls, params: OptimizerParams, kwargs: dict[str, Any]) -> list[d
     out = []
     for i, group in enumerate(params.groups):
         key = f"optimizer.groups.{i}"
-        own = validate_kwargs(key, cls, group.kwargs(), skip=("params",),
-                              fixed={"params": _FIXED["params"]}, supplied=("lr",))
+        own = validate_kwargs(
+            key, cls, group.kwargs(), skip=("params",), fixed={"params": _FIXED["params"]}, supplied=("lr",)
+        )
         probe = nn.Parameter(torch.zeros(2, 2))
         try:
             cls([probe], **{**kwargs, **own, "lr": group.group_lr(params.lr)})
@@ -136,8 +138,7 @@ def decouple_weight_decay(cls, groups: list[dict], params: OptimizerParams, kwar
         return groups
     sig = inspect.signature(cls).parameters
     if "weight_decay" not in sig:
-        raise ParamsError("optimizer.decouple_weight_decay", f"{params.name} has no weight_decay argument",
-                          True)
+        raise ParamsError("optimizer.decouple_weight_decay", f"{params.name} has no weight_decay argument", True)
     default = kwargs.get("weight_decay", sig["weight_decay"].default)
     out = []
     for g in groups:
@@ -227,18 +228,22 @@ def _kinds(model: nn.Module) -> dict[str, set[str]]:
     ``norm_bias`` and ``norm_weight`` (those layers' biases, their weights)."""
     norm = {
         f"{m_name}.{p_name}" if m_name else p_name
-        for m_name, module in model.named_modules() if isinstance(module, NORM_TYPES)
+        for m_name, module in model.named_modules()
+        if isinstance(module, NORM_TYPES)
         for p_name, _ in module.named_parameters(recurse=False)
     }
     bias = {n for n, _ in model.named_parameters() if n.rpartition(".")[2] == "bias"}
-    return {"bias": bias, "norm": norm, "norm_bias": norm & bias,
-            "norm_weight": {n for n in norm if n.rpartition(".")[2] == "weight"}}
+    return {
+        "bias": bias,
+        "norm": norm,
+        "norm_bias": norm & bias,
+        "norm_weight": {n for n in norm if n.rpartition(".")[2] == "weight"},
+    }
 
 
 def _selects(group, name: str, kinds: dict[str, set[str]]) -> bool:
     """Whether an optimizer.groups entry selects the parameter `name` (prefix and kind both)."""
-    return ((group.prefix is None or _matches(name, group.prefix))
-            and (group.kind is None or name in kinds[group.kind]))
+    return (group.prefix is None or _matches(name, group.prefix)) and (group.kind is None or name in kinds[group.kind])
 
 
 def _group_key(i: int, group) -> tuple[str, str]:
@@ -269,13 +274,16 @@ def assign_groups(model: nn.Module, params: OptimizerParams) -> dict[str, int]:
         if not hits:
             raise ParamsError(key, "selects no parameter of the model", what, _top_level_names(model))
         if not live:
-            raise ParamsError(key, "selects only frozen parameters (model.freeze)", what,
-                              _top_level_names(model))
+            raise ParamsError(key, "selects only frozen parameters (model.freeze)", what, _top_level_names(model))
         new = [n for n in live if n not in owner]
         if not new:
-            raise ParamsError(key, f"every parameter it selects is already in optimizer.groups."
-                              f"{owner[live[0]]} (the first matching group wins); reorder or "
-                              "remove it", what)
+            raise ParamsError(
+                key,
+                f"every parameter it selects is already in optimizer.groups."
+                f"{owner[live[0]]} (the first matching group wins); reorder or "
+                "remove it",
+                what,
+            )
         owner.update((n, i) for n in new)
     return owner
 

@@ -19,6 +19,7 @@ Why the limits: ``**`` is computed in floating point, so ``2 ** 10 ** 9`` raises
 OverflowError instead of building a billion-digit integer; the text is at most
 `MAX_LENGTH` characters and `MAX_NODES` syntax nodes, so evaluation cost stays tiny.
 """
+
 from __future__ import annotations
 
 import ast

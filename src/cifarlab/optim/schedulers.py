@@ -50,6 +50,7 @@ Entries cannot be composites themselves, nor ReduceLROnPlateau (it needs a metri
 OneCycleLR/CyclicLR (complete schedules that reset the groups' lrs themselves), nor set
 their own ``interval`` (the composite's applies).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -76,7 +77,9 @@ _COMPOSITES = {"SequentialLR", "ChainedScheduler"}
 _FORMULA_ARGS = {"LambdaLR": "lr_lambda", "MultiplicativeLR": "lr_lambda"}
 _FIXED = {"last_epoch": "a resumed run restores the scheduler from its checkpoint"}
 _FIXED_FOR = {
-    "OneCycleLR": dict.fromkeys(("total_steps", "epochs", "steps_per_epoch"), "derived from train.epochs and the batches per epoch"),
+    "OneCycleLR": dict.fromkeys(
+        ("total_steps", "epochs", "steps_per_epoch"), "derived from train.epochs and the batches per epoch"
+    ),
     "CyclicLR": {"scale_fn": "a Python function cannot be written in params.yaml; use mode"},
 }
 _NOT_A_CHILD = {
@@ -155,8 +158,9 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
         raise ParamsError(f"{key}.interval", "unknown interval", spec.interval, INTERVALS)
     if name == "ReduceLROnPlateau":
         if spec.interval != EPOCH:
-            raise ParamsError(f"{key}.interval", "ReduceLROnPlateau steps on epoch metrics only",
-                              spec.interval, [EPOCH])
+            raise ParamsError(
+                f"{key}.interval", "ReduceLROnPlateau steps on epoch metrics only", spec.interval, [EPOCH]
+            )
         spec.monitor = given.pop("monitor", "valid_loss")
         if spec.monitor not in MONITORS:
             raise ParamsError(f"{key}.monitor", "unknown metric", spec.monitor, MONITORS)
@@ -167,8 +171,7 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
         spec.children = _children(given.pop("schedulers", None), f"{key}.schedulers")
     fixed = {**_FIXED, **_FIXED_FOR.get(name, {})}
     supplied = {"T_max", "max_lr", "base_lr", "lr_lambda", "schedulers"}
-    spec.kwargs = validate_kwargs(key, cls, given, skip=("optimizer",), fixed=fixed,
-                                  supplied=supplied)
+    spec.kwargs = validate_kwargs(key, cls, given, skip=("optimizer",), fixed=fixed, supplied=supplied)
     for arg in _POSITIVE:
         if arg in spec.kwargs and spec.kwargs[arg] is not None and spec.kwargs[arg] <= 0:
             raise ParamsError(f"{key}.{arg}", "must be > 0", spec.kwargs[arg])
@@ -179,8 +182,9 @@ def _parse(name, given: dict, key: str, name_key: str, child: bool = False) -> _
 
 def _formulas(value, key: str) -> list[Formula]:
     if value is None:
-        raise ParamsError(key, "is required: a formula in epoch such as '0.95 ** epoch', "
-                               "or a list of them, one per parameter group")
+        raise ParamsError(
+            key, "is required: a formula in epoch such as '0.95 ** epoch', or a list of them, one per parameter group"
+        )
     if isinstance(value, (list, tuple)):
         if not value:
             raise ParamsError(key, "lists no formula")
@@ -199,12 +203,14 @@ def _children(value, key: str) -> list[_Spec]:
     children = []
     for i, entry in enumerate(value):
         if not isinstance(entry, dict) or "name" not in entry:
-            raise ParamsError(f"{key}.{i}", "must be a mapping with a name, e.g. "
-                                            "{name: LinearLR, total_iters: 5}", None)
+            raise ParamsError(
+                f"{key}.{i}", "must be a mapping with a name, e.g. {name: LinearLR, total_iters: 5}", None
+            )
         args = {k: v for k, v in entry.items() if k != "name"}
         if entry["name"] in args and isinstance(args[entry["name"]], dict):
-            raise ParamsError(f"{key}.{i}.{entry['name']}",
-                              "write a stage's arguments beside its name, not nested under it")
+            raise ParamsError(
+                f"{key}.{i}.{entry['name']}", "write a stage's arguments beside its name, not nested under it"
+            )
         children.append(_parse(entry["name"], args, f"{key}.{i}", f"{key}.{i}.name", child=True))
     return children
 
@@ -213,15 +219,15 @@ def _check_milestones(spec: _Spec, key: str) -> None:
     milestones = spec.kwargs.get("milestones")
     n = len(spec.children)
     if milestones is None or len(milestones) != n - 1:
-        raise ParamsError(key, f"must list {n - 1} step(s) at which the next of the {n} "
-                               "schedulers takes over", milestones)
+        raise ParamsError(
+            key, f"must list {n - 1} step(s) at which the next of the {n} schedulers takes over", milestones
+        )
     if any(m <= 0 for m in milestones) or any(b <= a for a, b in itertools.pairwise(milestones)):
         raise ParamsError(key, "must be positive and increasing", milestones)
 
 
 def _parse_section(params: SchedulerParams) -> _Spec:
-    return _parse(params.name, params.kwargs_for(params.name), f"scheduler.{params.name}",
-                  "scheduler.name")
+    return _parse(params.name, params.kwargs_for(params.name), f"scheduler.{params.name}", "scheduler.name")
 
 
 # --------------------------------------------------------------------------- building
@@ -292,8 +298,7 @@ class Scheduler:
     call is a no-op, so the training loop calls both unconditionally.
     """
 
-    def __init__(self, name: str, inner, optimizer, interval: str = EPOCH,
-                 monitor: Optional[str] = None):
+    def __init__(self, name: str, inner, optimizer, interval: str = EPOCH, monitor: Optional[str] = None):
         self.name = name
         self.inner = inner
         self.optimizer = optimizer
@@ -314,8 +319,9 @@ class Scheduler:
             return
         metrics = metrics or {}
         if self.monitor not in metrics:
-            raise ParamsError(f"scheduler.{self.name}.monitor", "is not among this epoch's metrics",
-                              self.monitor, sorted(metrics))
+            raise ParamsError(
+                f"scheduler.{self.name}.monitor", "is not among this epoch's metrics", self.monitor, sorted(metrics)
+            )
         self.inner.step(float(metrics[self.monitor]))
 
     def last_lrs(self) -> list[float]:
@@ -344,8 +350,9 @@ class Scheduler:
         return f"Scheduler({self.name}, interval={self.interval})"
 
 
-def build_scheduler(params: SchedulerParams, optimizer: torch.optim.Optimizer, *, epochs: int,
-                    steps_per_epoch: int) -> Scheduler:
+def build_scheduler(
+    params: SchedulerParams, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int
+) -> Scheduler:
     """The scheduler for a run of `epochs` epochs of `steps_per_epoch` batches."""
     spec = _parse_section(params)
     return _build(spec, optimizer, epochs, steps_per_epoch)
@@ -361,8 +368,13 @@ def _build(spec: _Spec, optimizer, epochs: int, steps_per_epoch: int) -> Schedul
     return Scheduler(spec.name, inner, optimizer, spec.interval, spec.monitor)
 
 
-def check_scheduler(params: SchedulerParams, optimizer_params: Optional[OptimizerParams] = None,
-                    *, epochs: int = 10, steps_per_epoch: int = 10) -> None:
+def check_scheduler(
+    params: SchedulerParams,
+    optimizer_params: Optional[OptimizerParams] = None,
+    *,
+    epochs: int = 10,
+    steps_per_epoch: int = 10,
+) -> None:
     """Validate the scheduler section: build it and run the whole schedule on a dummy optimizer.
 
     The optimizer is the configured one (its class decides cycle_momentum; its groups the
@@ -393,5 +405,6 @@ def _check_lrs(sched: Scheduler, step: int) -> None:
     lrs = sched.last_lrs()
     bad = [lr for lr in lrs if not (math.isfinite(lr) and lr >= 0)]
     if bad:
-        raise ParamsError(f"scheduler.{sched.name}",
-                          f"gives the learning rate {bad[0]} at step {step}; it must be finite and >= 0")
+        raise ParamsError(
+            f"scheduler.{sched.name}", f"gives the learning rate {bad[0]} at step {step}; it must be finite and >= 0"
+        )

@@ -3,6 +3,7 @@
 The loss reported here is the cross-entropy of the model's softmax, whatever loss trained
 it, so experiments with different training losses stay comparable in `dvc metrics diff`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,7 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     return torch.bincount(targets * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]
-                          ) -> tuple[dict, torch.Tensor]:
+def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> tuple[dict, torch.Tensor]:
     k = len(classes)
     preds = logits.argmax(1)
     cm = confusion_matrix(preds, targets, k).double()
@@ -36,16 +36,27 @@ def classification_report(logits: torch.Tensor, targets: torch.Tensor, classes: 
     predicted, actual = cm.sum(0), cm.sum(1)
     precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
     recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                     torch.zeros_like(tp))
-    per_class = {c: {"precision": round(precision[i].item(), 6), "recall": round(recall[i].item(), 6),
-                     "f1": round(f1[i].item(), 6), "support": int(actual[i].item())} for i, c in enumerate(classes)}
+    f1 = torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp)
+    )
+    per_class = {
+        c: {
+            "precision": round(precision[i].item(), 6),
+            "recall": round(recall[i].item(), 6),
+            "f1": round(f1[i].item(), 6),
+            "support": int(actual[i].item()),
+        }
+        for i, c in enumerate(classes)
+    }
     return {
         "accuracy": round((preds == targets).double().mean().item(), 6),
         "loss": round(F.cross_entropy(logits.double(), targets).item(), 6),
         "images": len(targets),
-        "macro": {"precision": round(precision.mean().item(), 6), "recall": round(recall.mean().item(), 6),
-                  "f1": round(f1.mean().item(), 6)},
+        "macro": {
+            "precision": round(precision.mean().item(), 6),
+            "recall": round(recall.mean().item(), 6),
+            "f1": round(f1.mean().item(), 6),
+        },
         "per_class": per_class,
     }, cm.long()
 
@@ -56,13 +67,32 @@ def predict_index(model_path: Path, index: Path, params: Params, log=print):
     model, meta = load_model(model_path, runtime.device)
     runtime.channels_last = bool(meta.get("channels_last"))
     x, y = load_tensors(index, ".", len(meta["classes"]))
-    source = make_source(meta["eval_transforms"], "augment.eval", backend="tensor", images=x, labels=y, index=index,
-                         stats=meta["normalize"], runtime=runtime, batch_size=params.evaluate.batch_size,
-                         seed=params.seed, shuffle=False, num_workers=params.runtime.num_workers, log=log)
+    source = make_source(
+        meta["eval_transforms"],
+        "augment.eval",
+        backend="tensor",
+        images=x,
+        labels=y,
+        index=index,
+        stats=meta["normalize"],
+        runtime=runtime,
+        batch_size=params.evaluate.batch_size,
+        seed=params.seed,
+        shuffle=False,
+        num_workers=params.runtime.num_workers,
+        log=log,
+    )
     if params.evaluate.tta != "none":
         log(f"evaluate: test-time augmentation {params.evaluate.tta} (logits averaged over its views)")
-    out = evaluate(model, None, source, runtime, ncrops=is_multicrop(meta["eval_transforms"]), keep_outputs=True,
-                   tta=params.evaluate.tta)
+    out = evaluate(
+        model,
+        None,
+        source,
+        runtime,
+        ncrops=is_multicrop(meta["eval_transforms"]),
+        keep_outputs=True,
+        tta=params.evaluate.tta,
+    )
     return out["logits"], out["targets"], meta
 
 
@@ -75,16 +105,26 @@ def run_evaluation(model_path: Path, index: Path, out_dir: Path, params: Params,
     report["model_epoch"] = meta.get("epoch")
     report["confusion"] = {"classes": classes, "counts": cm.tolist(), "rows": "actual", "columns": "predicted"}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "metrics.json", {"test": {"acc": report["accuracy"], "loss": report["loss"],
-                                                   "macro_f1": report["macro"]["f1"]}})
+    write_json(
+        out_dir / "metrics.json",
+        {"test": {"acc": report["accuracy"], "loss": report["loss"], "macro_f1": report["macro"]["f1"]}},
+    )
     write_json(out_dir / "report.json", report)
-    write_text(out_dir / "per_class.csv", _csv(["class", "precision", "recall", "f1", "support"],
-                                               [[c, *report["per_class"][c].values()] for c in classes]))
+    write_text(
+        out_dir / "per_class.csv",
+        _csv(
+            ["class", "precision", "recall", "f1", "support"], [[c, *report["per_class"][c].values()] for c in classes]
+        ),
+    )
     preds = logits.argmax(1)
-    write_text(out_dir / "confusion.csv", _csv(["actual", "predicted"], [[classes[a], classes[p]] for a, p in
-                                                                         zip(targets.tolist(), preds.tolist())]))
-    log(f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f}, "
-        f"macro F1 {report['macro']['f1']:.4f} on {report['images']} images")
+    write_text(
+        out_dir / "confusion.csv",
+        _csv(["actual", "predicted"], [[classes[a], classes[p]] for a, p in zip(targets.tolist(), preds.tolist())]),
+    )
+    log(
+        f"evaluate: test accuracy {report['accuracy']:.4f}, loss {report['loss']:.4f}, "
+        f"macro F1 {report['macro']['f1']:.4f} on {report['images']} images"
+    )
     return report
 
 

@@ -19,6 +19,7 @@ PyTorch's; a graph that disagrees is never written.
 Evaluation lists with FiveCrop/TenCrop average several crops per image, which a one-image
 graph cannot say; they are refused with one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,11 @@ def graph_transform(meta: dict, source: Path):
     entries = meta["eval_transforms"]
     if is_multicrop(entries) > 1:
         name = next(n for e in entries if isinstance(e, dict) for n in e if n in MULTICROP)
-        raise ExportError(f"{source}: its evaluation transforms average {is_multicrop(entries)} crops per image "
-                          f"(augment.eval {name}), which a one-image ONNX graph cannot express; export a model "
-                          "trained with a single-crop augment.eval")
+        raise ExportError(
+            f"{source}: its evaluation transforms average {is_multicrop(entries)} crops per image "
+            f"(augment.eval {name}), which a one-image ONNX graph cannot express; export a model "
+            "trained with a single-crop augment.eval"
+        )
     built = build_transform(entries, "augment.eval", meta["normalize"])
     return v2.Compose([t for t in built.transforms if not isinstance(t, (v2.ToImage, v2.ToPureTensor))])
 
@@ -115,25 +118,36 @@ def export_onnx(model_path: Path, out: Path, log=print) -> dict:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter's notes on deprecated internals are not the user's
             program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, verbose=False, opset_version=OPSET, input_names=[INPUT],
-                output_names=[OUTPUT], dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+                wrapper,
+                (example,),
+                dynamo=True,
+                verbose=False,
+                opset_version=OPSET,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            )
     except Exception as exc:  # torch.export and the translation raise many types; all mean "cannot export"
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise ExportError(f"{model_path}: cannot be exported to ONNX ({meta['name']}, augment.eval "
-                          f"{meta['eval_transforms']}): {first}") from None
+        raise ExportError(
+            f"{model_path}: cannot be exported to ONNX ({meta['name']}, augment.eval "
+            f"{meta['eval_transforms']}): {first}"
+        ) from None
     assert program is not None, "dynamo=True returns the ONNXProgram"
     classes = list(meta["classes"])
     mean, std = meta["normalize"].get("mean"), meta["normalize"].get("std")
-    program.model.metadata_props.update({
-        "classes": json.dumps(classes),
-        "input": f"{INPUT}: uint8 RGB, NCHW [batch, 3, 32, 32], 0..255; normalization is inside the graph",
-        "output": f"{OUTPUT}: float32 [batch, {len(classes)}], softmax gives probabilities",
-        "model": meta["name"],
-        "eval_transforms": json.dumps(meta["eval_transforms"]),
-        "normalize_mean": json.dumps(mean),
-        "normalize_std": json.dumps(std),
-        "source": "cifarlab",
-    })
+    program.model.metadata_props.update(
+        {
+            "classes": json.dumps(classes),
+            "input": f"{INPUT}: uint8 RGB, NCHW [batch, 3, 32, 32], 0..255; normalization is inside the graph",
+            "output": f"{OUTPUT}: float32 [batch, {len(classes)}], softmax gives probabilities",
+            "model": meta["name"],
+            "eval_transforms": json.dumps(meta["eval_transforms"]),
+            "normalize_mean": json.dumps(mean),
+            "normalize_std": json.dumps(std),
+            "source": "cifarlab",
+        }
+    )
     probe = probe_images()
     with torch.no_grad():
         expected = wrapper(probe).float().numpy()
@@ -143,13 +157,23 @@ def export_onnx(model_path: Path, out: Path, log=print) -> dict:
         got = run_onnx(tmp, probe.numpy())
         diff = float(np.abs(got - expected).max())
         if not diff <= TOLERANCE * max(1.0, float(np.abs(expected).max())):
-            raise ExportError(f"{model_path}: the ONNX graph disagrees with PyTorch on the probe images "
-                              f"(max logit difference {diff:.3g}); nothing written")
+            raise ExportError(
+                f"{model_path}: the ONNX graph disagrees with PyTorch on the probe images "
+                f"(max logit difference {diff:.3g}); nothing written"
+            )
     params = sum(p.numel() for p in model.parameters())
-    log(f"export: {out} ({out.stat().st_size:,} bytes, opset {OPSET}, {params:,} parameters); "
-        f"onnxruntime matches PyTorch within {diff:.2g} on {len(probe)} probe images")
-    return {"onnx": out, "onnx_bytes": out.stat().st_size, "max_diff": diff, "parameters": params,
-            "meta": meta, "opset": OPSET}
+    log(
+        f"export: {out} ({out.stat().st_size:,} bytes, opset {OPSET}, {params:,} parameters); "
+        f"onnxruntime matches PyTorch within {diff:.2g} on {len(probe)} probe images"
+    )
+    return {
+        "onnx": out,
+        "onnx_bytes": out.stat().st_size,
+        "max_diff": diff,
+        "parameters": params,
+        "meta": meta,
+        "opset": OPSET,
+    }
 
 
 def run_onnx(path: Path, images):
@@ -182,8 +206,10 @@ def read_report(path: Path) -> dict:
     report = _read_json(path, "evaluation report", "dvc repro evaluate")
     missing = [k for k in ("accuracy", "loss", "macro", "per_class") if k not in report]
     if missing:
-        raise DataError(f"{path}: not the evaluate stage's full report (no {', '.join(missing)}); "
-                        "pass the report that holds per-class scores with --report")
+        raise DataError(
+            f"{path}: not the evaluate stage's full report (no {', '.join(missing)}); "
+            "pass the report that holds per-class scores with --report"
+        )
     return report
 
 
@@ -207,15 +233,25 @@ def _chosen(section: dict) -> dict:
 def card_params(params: Params, meta: dict) -> dict:
     """The params that made the model, as params.yaml spells them (chosen components only)."""
     d = params.model_dump(mode="json")
-    model = {k: v for k, v in d["model"].items() if k not in ("init", "cifarlab", "tutorial", "torchvision")
-             and not (k == "whiten" and not v["enabled"])}
+    model = {
+        k: v
+        for k, v in d["model"].items()
+        if k not in ("init", "cifarlab", "tutorial", "torchvision") and not (k == "whiten" and not v["enabled"])
+    }
     if meta.get("kwargs"):
         model["arguments"] = meta["kwargs"]
     model["init"] = {k: _chosen(v) for k, v in d["model"]["init"].items() if v.get("name") != "default"} or "default"
-    return {"seed": d["seed"], "data": {"batches": d["data"]["batches"]}, "split": d["split"], "model": model,
-            "augment": d["augment"], "loss": _chosen(d["loss"]), "optimizer": _chosen(d["optimizer"]),
-            "scheduler": _chosen(d["scheduler"]),
-            "train": {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile", "nproc")}}
+    return {
+        "seed": d["seed"],
+        "data": {"batches": d["data"]["batches"]},
+        "split": d["split"],
+        "model": model,
+        "augment": d["augment"],
+        "loss": _chosen(d["loss"]),
+        "optimizer": _chosen(d["optimizer"]),
+        "scheduler": _chosen(d["scheduler"]),
+        "train": {k: d["train"][k] for k in ("epochs", "batch_size", "amp", "compile", "nproc")},
+    }
 
 
 def _pct(x: float) -> str:
@@ -226,8 +262,9 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB ({n:,} bytes)" if n >= 1e5 else f"{n / 1e3:.1f} kB ({n:,} bytes)"
 
 
-def render_card(*, name: str, model_path: Path, onnx: dict, params: dict, counts: dict[str, int], report: dict,
-                timing: dict) -> str:
+def render_card(
+    *, name: str, model_path: Path, onnx: dict, params: dict, counts: dict[str, int], report: dict, timing: dict
+) -> str:
     """The model card, markdown; every number comes from the files the stage read."""
     meta = onnx["meta"]
     lines = [
@@ -266,7 +303,8 @@ def _card_model(meta: dict, onnx: dict, model_path: Path, epochs: int) -> list[s
         "",
         "| | |",
         "| --- | --- |",
-        f"| architecture | `{meta['name']}`" + (f", arguments `{json.dumps(meta['kwargs'])}`" if meta.get("kwargs") else "")
+        f"| architecture | `{meta['name']}`"
+        + (f", arguments `{json.dumps(meta['kwargs'])}`" if meta.get("kwargs") else "")
         + " |",
         f"| parameters | {onnx['parameters']:,} |",
         f"| PyTorch file | `{model_path}`, {_size(model_path.stat().st_size)}: a `cifarlab.model/1` dict "
@@ -301,8 +339,11 @@ def _card_data(params: dict, counts: dict[str, int], meta: dict) -> list[str]:
         "## Data",
         "",
         f"CIFAR-10 batches {', '.join(params['data']['batches'])}, converted to PNG and split "
-        + (f"by ratio {split['train']}/{split['valid']}/{split['test']} per class"
-           if split["mode"] == "ratio" else "with test_batch as the test split")
+        + (
+            f"by ratio {split['train']}/{split['valid']}/{split['test']} per class"
+            if split["mode"] == "ratio"
+            else "with test_batch as the test split"
+        )
         + f" (split seed {split['seed']}).",
         "",
         "| split | images |",
@@ -324,8 +365,10 @@ def _card_metrics(report: dict, counts: dict[str, int]) -> list[str]:
         "",
         "| class | precision | recall | F1 | test images |",
         "| --- | --- | --- | --- | --- |",
-        *[f"| {c} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s.get('support', '')} |"
-          for c, s in report["per_class"].items()],
+        *[
+            f"| {c} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s.get('support', '')} |"
+            for c, s in report["per_class"].items()
+        ],
         "",
     ]
 
@@ -379,7 +422,7 @@ def _card_limits(classes: list[str], counts: dict[str, int], params: dict) -> li
         "- Inputs are 32x32 RGB pictures; anything else must be resized (and converted to RGB) first, which "
         "loses detail the model never learned to use.",
         f"- It knows only CIFAR-10's ten classes ({', '.join(classes)}): any picture is called one of them, "
-        "with no \"none of these\" answer, and its probabilities are not calibrated.",
+        'with no "none of these" answer, and its probabilities are not calibrated.',
         f"- It saw {counts.get('train', 0):,} training images from CIFAR-10 batches "
         f"{', '.join(params['data']['batches'])} (small photographs, each centred on one object, collected in 2008); "
         "expect lower accuracy on other kinds of pictures.",
@@ -388,16 +431,32 @@ def _card_limits(classes: list[str], counts: dict[str, int], params: dict) -> li
     ]
 
 
-def run_export(params: Params, *, model_path: Path, report_path: Path, train_reports: Path, index: Path,
-               out_dir: Path, name: str = "cifar10-classifier", log=print) -> dict:
+def run_export(
+    params: Params,
+    *,
+    model_path: Path,
+    report_path: Path,
+    train_reports: Path,
+    index: Path,
+    out_dir: Path,
+    name: str = "cifar10-classifier",
+    log=print,
+) -> dict:
     """The export stage: out_dir/model.onnx and out_dir/MODEL_CARD.md."""
     report = read_report(report_path)  # inputs checked before the slow part
     timing = _read_json(train_reports / "timing.json", "training timing", "dvc repro train")
     counts = {split: count_lines(index / f"{split}.txt") for split in ("train", "valid", "test")}
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx = export_onnx(model_path, out_dir / "model.onnx", log)
-    card = render_card(name=name, model_path=model_path, onnx=onnx, params=card_params(params, onnx["meta"]),
-                       counts=counts, report=report, timing=timing)
+    card = render_card(
+        name=name,
+        model_path=model_path,
+        onnx=onnx,
+        params=card_params(params, onnx["meta"]),
+        counts=counts,
+        report=report,
+        timing=timing,
+    )
     write_text(out_dir / "MODEL_CARD.md", card)
     log(f"export: {out_dir / 'MODEL_CARD.md'}")
     return onnx

@@ -4,6 +4,7 @@ Paths are relative to the repository root, so an index written on one machine st
 in a clone elsewhere. The lines are sorted by label, then by image number, so the same split
 always gives the same bytes. `cifarlab.data.index` reads them back.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,9 @@ from cifarlab.data.layout import SPLITS, png_number, read_manifest, read_meta
 from cifarlab.errors import DataError
 
 
-def write_indexes(split_dir: str | Path, classes: list[str], out_dir: str | Path, root: str | Path = ".",
-                  progress=print) -> dict[str, int]:
+def write_indexes(
+    split_dir: str | Path, classes: list[str], out_dir: str | Path, root: str | Path = ".", progress=print
+) -> dict[str, int]:
     """One index per split, from the split's manifest (split_dir.md5): what it lists is what DVC tracks."""
     split_dir, out_dir, root = Path(split_dir), Path(out_dir), Path(root)
     files = read_manifest(split_dir)

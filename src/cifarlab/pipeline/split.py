@@ -5,6 +5,7 @@ Counts per class follow the ratios exactly by largest remainder (8:1:1 of 1,000 
 folders hold hard links to unpack's files: the tutorial's folder layout without a second
 copy of the bytes (a copy is made only where the filesystem cannot link).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,19 +53,29 @@ def assign(files: list[str], ratios: list[float], rng: np.random.Generator) -> l
     counts = largest_remainder(len(files), ratios)
     order = rng.permutation(len(files))
     cuts = np.cumsum([0] + counts)
-    return [[files[j] for j in sorted(order[cuts[k]:cuts[k + 1]])] for k in range(len(counts))]
+    return [[files[j] for j in sorted(order[cuts[k] : cuts[k + 1]])] for k in range(len(counts))]
 
 
-def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: str = "ratio",
-          train: float = 0.8, valid: float = 0.1, test: float = 0.1, seed: int = 0,
-          progress=print) -> dict[str, int]:
+def split(
+    png_dir: str | Path,
+    meta_path: str | Path,
+    out: str | Path,
+    *,
+    mode: str = "ratio",
+    train: float = 0.8,
+    valid: float = 0.1,
+    test: float = 0.1,
+    seed: int = 0,
+    progress=print,
+) -> dict[str, int]:
     """Write out/<split>/<class>/<file> links and their manifest (out.md5); return images per split."""
     png_dir, out = Path(png_dir), Path(out)
     meta = read_meta(meta_path)
     classes = meta["classes"]
     if mode == "standard" and "test_batch" not in meta["batches"]:
-        raise ParamsError("split.mode", "standard mode takes test_batch as the test split, "
-                          "but data.batches does not list it", mode)
+        raise ParamsError(
+            "split.mode", "standard mode takes test_batch as the test split, but data.batches does not list it", mode
+        )
     rng = np.random.default_rng(seed)
     totals: dict[str, int] = dict.fromkeys(SPLITS, 0)
     md5s = read_manifest(png_dir)
@@ -93,8 +104,10 @@ def split(png_dir: str | Path, meta_path: str | Path, out: str | Path, *, mode: 
         for name in SPLITS:
             if totals[name] == 0:
                 key = "split.mode" if mode == "standard" and name == "test" else f"split.{name}"
-                raise ParamsError(key, f"the {name} split would be empty "
-                                  f"({sum(totals.values())} images so far); every split needs images")
+                raise ParamsError(
+                    key,
+                    f"the {name} split would be empty ({sum(totals.values())} images so far); every split needs images",
+                )
     write_manifest(out, manifest)
     progress("split: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
     return totals
@@ -113,8 +126,12 @@ def check_space(png_dir: Path, out: Path, per_class: dict[str, list[str]]) -> No
     if copies:
         need += sum(on_disk((png_dir / cls / f).stat().st_size, block) for cls, fs in per_class.items() for f in fs)
         files += n
-    require_space(out, need, files, f"split {n:,} images" + (" (copies: another filesystem than "
-                                                               f"{png_dir}, so no hard links)" if copies else ""))
+    require_space(
+        out,
+        need,
+        files,
+        f"split {n:,} images" + (f" (copies: another filesystem than {png_dir}, so no hard links)" if copies else ""),
+    )
 
 
 def _link(src: Path, dst: Path) -> None:

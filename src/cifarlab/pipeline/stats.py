@@ -5,6 +5,7 @@ is quadratic in time and grows memory with the data. Here every training image c
 and each worker keeps only integer sums (exact, whatever the order) per channel, so
 memory stays flat however large the data set grows.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,12 @@ def channel_stats(index_path: str | Path, root: str | Path = ".", workers: int =
     n = len(items) * 32 * 32
     mean = np.asarray(s / n / 255.0)  # s: the channels' sums, an array (sum() of none would be 0)
     std = np.sqrt(np.maximum(s2 / n / 255.0**2 - mean**2, 0.0))
-    return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
-            "images": len(items), "source": Path(index_path).as_posix()}
+    return {
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+        "images": len(items),
+        "source": Path(index_path).as_posix(),
+    }
 
 
 def write_stats(index_path: str | Path, out: str | Path, root: str | Path = ".", progress=print) -> dict:

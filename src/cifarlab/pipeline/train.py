@@ -4,6 +4,7 @@ Everything that can be checked is checked before the first step (names and argum
 every component, every image of both indexes), so a typo or a broken file costs seconds,
 not an epoch. Only rank 0 writes files; other ranks train on their share of the data.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,9 +73,12 @@ def check_all(params: Params, steps_per_epoch: int = 10) -> None:
     check_transforms(params.augment.eval, "augment.eval")
     wp = params.model.whiten
     if wp.enabled and wp.bias_epochs is not None and params.train.nproc > 1:
-        raise ParamsError("model.whiten.bias_epochs", "freezing the bias mid-run needs train.nproc 1 (DDP "
-                          "needs the same trainable parameters every step); set it to null to train it throughout",
-                          wp.bias_epochs)
+        raise ParamsError(
+            "model.whiten.bias_epochs",
+            "freezing the bias mid-run needs train.nproc 1 (DDP "
+            "needs the same trainable parameters every step); set it to null to train it throughout",
+            wp.bias_epochs,
+        )
 
 
 def check_argument_sections(params: Params) -> None:
@@ -82,16 +86,21 @@ def check_argument_sections(params: Params) -> None:
     silently drop its arguments (`optimizer.SDG: {momentum: 0.9}` training SGD without momentum)."""
     init_names = {n for n in dir(tinit) if n.endswith("_") and not n.startswith("_")}
     init_names |= {n.rstrip("_") for n in init_names}
-    sections = [("optimizer", params.optimizer, set(optimizer_classes())),
-                ("loss", params.loss, set(supported_losses()) | set(REFUSED_LOSSES) | set(user_losses())),
-                ("scheduler", params.scheduler, set(scheduler_classes()))]
-    sections += [(f"model.init.{layer}", getattr(params.model.init, layer), init_names)
-                 for layer in ("conv", "linear", "batchnorm")]
+    sections = [
+        ("optimizer", params.optimizer, set(optimizer_classes())),
+        ("loss", params.loss, set(supported_losses()) | set(REFUSED_LOSSES) | set(user_losses())),
+        ("scheduler", params.scheduler, set(scheduler_classes())),
+    ]
+    sections += [
+        (f"model.init.{layer}", getattr(params.model.init, layer), init_names)
+        for layer in ("conv", "linear", "batchnorm")
+    ]
     for key, section, valid in sections:
         for name in section.model_extra or {}:
             if name not in valid:
-                raise ParamsError(f"{key}.{name}", "is not a known name, so its arguments would be ignored "
-                                  "(a typo?)", choices=valid)
+                raise ParamsError(
+                    f"{key}.{name}", "is not a known name, so its arguments would be ignored (a typo?)", choices=valid
+                )
 
 
 def seed_everything(seed: int) -> None:
@@ -114,8 +123,11 @@ def probe_shapes(model, name: str, runtime, sources) -> None:
             try:
                 model(_prepare(x, runtime))
             except RuntimeError as exc:
-                raise ParamsError(key, f"produces inputs of shape {tuple(x.shape[1:])}, which model {name} "
-                                  f"cannot take ({str(exc).splitlines()[0]})") from None
+                raise ParamsError(
+                    key,
+                    f"produces inputs of shape {tuple(x.shape[1:])}, which model {name} "
+                    f"cannot take ({str(exc).splitlines()[0]})",
+                ) from None
     finally:
         model.train(was_training)
 
@@ -220,6 +232,73 @@ def _fit(params: Params, paths: Paths, dist: Dist, log) -> dict:
     return result
 
 
+def model_on_device(params: Params, runtime, dist: Dist, *, data: tuple, num_classes: int, log) -> torch.nn.Module:
+    """The model, checked to fit in memory before epoch 1, on its device."""
+    tp = params.train
+    train_x, train_y, valid_x = data
+    model = create_model(params.model, num_classes=num_classes, log=log if dist.main else (lambda *_: None))
+    if params.optimizer.name == "LBFGS" and runtime.channels_last:
+        # LBFGS flattens gradients with view(), which channels-last weights do not allow
+        model = model.to(memory_format=torch.contiguous_format)
+        runtime.channels_last = False
+        log("train: LBFGS needs contiguous weights; channels_last is off for this run")
+    # a run too big for the memory stops here, not in epoch 1; on a GPU the fast path also
+    # holds the padded (and mirrored) training images and the kept validation batches in float
+    on_device = 4 * train_x.nbytes + 5 * valid_x.nbytes if runtime.device.type != "cpu" else 0
+    check_training_memory(
+        model,
+        min(tp.batch_size, -(-len(train_y) // dist.world)),
+        params.optimizer.name,
+        runtime.device,
+        amp_dtype=runtime.amp_dtype,
+        extra_bytes=on_device,
+        processes=dist.world if runtime.device.type == "cpu" else 1,
+    )
+    model.to(runtime.device)
+    return model
+
+
+def sources(params: Params, paths: Paths, dist: Dist, *, data: tuple, common: dict[str, Any]) -> tuple:
+    """The training source (shuffled, augmented) and the validation one (its batches kept)."""
+    train_x, train_y, valid_x, valid_y = data
+    tp = params.train
+    train_src = make_source(
+        params.augment.train,
+        "augment.train",
+        images=train_x,
+        labels=train_y,
+        index=paths.train_index,
+        batch_size=tp.batch_size,
+        shuffle=True,
+        dist=dist,
+        **common,
+    )
+    valid_src = make_source(
+        params.augment.eval,
+        "augment.eval",
+        images=valid_x,
+        labels=valid_y,
+        index=paths.valid_index,
+        batch_size=max(tp.batch_size, 256),
+        shuffle=False,
+        keep=True,
+        **common,
+    )
+    return train_src, valid_src
+
+
+def wrap_for_training(model: torch.nn.Module, runtime, dist: Dist, *, compile: bool) -> torch.nn.Module:
+    """What the steps call: the model itself, in DDP across ranks, compiled on request."""
+    train_model = model
+    if dist.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    if compile:
+        train_model = cast(torch.nn.Module, torch.compile(train_model))  # a Module compiled is an OptimizedModule
+    return train_model
+
+
 def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
     """Check every component, decode the images, build the model and everything that trains it."""
     tp = params.train
@@ -233,50 +312,56 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
     t0 = time.perf_counter()
     train_x, train_y = load_tensors(paths.train_index, paths.root, len(classes))
     valid_x, valid_y = load_tensors(paths.valid_index, paths.root, len(classes))
-    log(f"train: {len(train_y)} training and {len(valid_y)} validation images decoded in "
+    log(
+        f"train: {len(train_y)} training and {len(valid_y)} validation images decoded in "
         f"{time.perf_counter() - t0:.2f} s; device {runtime.device}"
-        + (f", mixed precision {runtime.amp_dtype}" if runtime.amp_dtype else ""))
+        + (f", mixed precision {runtime.amp_dtype}" if runtime.amp_dtype else "")
+    )
 
-    model = create_model(params.model, num_classes=len(classes), log=log if dist.main else (lambda *_: None))
-    if params.optimizer.name == "LBFGS" and runtime.channels_last:
-        # LBFGS flattens gradients with view(), which channels-last weights do not allow
-        model = model.to(memory_format=torch.contiguous_format)
-        runtime.channels_last = False
-        log("train: LBFGS needs contiguous weights; channels_last is off for this run")
-    # a run too big for the memory stops here, not in epoch 1; on a GPU the fast path also
-    # holds the padded (and mirrored) training images and the kept validation batches in float
-    on_device = 4 * train_x.nbytes + 5 * valid_x.nbytes if runtime.device.type != "cpu" else 0
-    check_training_memory(model, min(tp.batch_size, -(-len(train_y) // dist.world)), params.optimizer.name,
-                          runtime.device, amp_dtype=runtime.amp_dtype, extra_bytes=on_device,
-                          processes=dist.world if runtime.device.type == "cpu" else 1)
-    model.to(runtime.device)
-    common: dict[str, Any] = dict(backend=params.augment.backend, stats=stats, runtime=runtime, seed=params.seed,
-                  num_workers=params.runtime.num_workers, log=log)
-    train_src = make_source(params.augment.train, "augment.train", images=train_x, labels=train_y,
-                            index=paths.train_index, batch_size=tp.batch_size, shuffle=True, dist=dist, **common)
-    valid_src = make_source(params.augment.eval, "augment.eval", images=valid_x, labels=valid_y,
-                            index=paths.valid_index, batch_size=max(tp.batch_size, 256), shuffle=False,
-                            keep=True, **common)
-    whiten_bias = whiten_model(params, model, train_x, train_y, common, log=log) if params.model.whiten.enabled else None
+    model = model_on_device(params, runtime, dist, data=(train_x, train_y, valid_x), num_classes=len(classes), log=log)
+    common: dict[str, Any] = dict(
+        backend=params.augment.backend,
+        stats=stats,
+        runtime=runtime,
+        seed=params.seed,
+        num_workers=params.runtime.num_workers,
+        log=log,
+    )
+    train_src, valid_src = sources(params, paths, dist, data=(train_x, train_y, valid_x, valid_y), common=common)
+    whiten_bias = (
+        whiten_model(params, model, train_x, train_y, common, log=log) if params.model.whiten.enabled else None
+    )
     ncrops = is_multicrop(params.augment.eval)
-    probe_shapes(model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)])
-    train_model = model
-    if dist.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    if tp.compile:
-        train_model = cast(torch.nn.Module, torch.compile(train_model))  # a Module compiled is an OptimizedModule
+    probe_shapes(
+        model, params.model.name, runtime, [("augment.train", train_src, 1), ("augment.eval", valid_src, ncrops)]
+    )
+    train_model = wrap_for_training(model, runtime, dist, compile=tp.compile)
     optimizer = build_optimizer(params.optimizer, model)
-    fp = fingerprint(training_params(params), tensor_digest(train_x, train_y, valid_x, valid_y)
-                     + json.dumps(stats, sort_keys=True) + str(dist.world), code_folders())
-    return Setup(model=model, train_model=train_model, optimizer=optimizer,
-                 loss_fn=build_loss(params.loss, num_classes=len(classes)).to(runtime.device),
-                 scheduler=build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src)),
-                 scaler=runtime.scaler(), closure=needs_closure(optimizer), runtime=runtime, train_src=train_src,
-                 valid_src=valid_src, ncrops=ncrops, classes=classes, stats=stats,
-                 summary=summarize(model) if dist.main else "", fingerprint=fp,
-                 device=describe_device(runtime, dist.world), whiten_bias=whiten_bias,
-                 average=make_average(model, tp.ema, len(train_src)))
+    fp = fingerprint(
+        training_params(params),
+        tensor_digest(train_x, train_y, valid_x, valid_y) + json.dumps(stats, sort_keys=True) + str(dist.world),
+        code_folders(),
+    )
+    return Setup(
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        loss_fn=build_loss(params.loss, num_classes=len(classes)).to(runtime.device),
+        scheduler=build_scheduler(params.scheduler, optimizer, epochs=tp.epochs, steps_per_epoch=len(train_src)),
+        scaler=runtime.scaler(),
+        closure=needs_closure(optimizer),
+        runtime=runtime,
+        train_src=train_src,
+        valid_src=valid_src,
+        ncrops=ncrops,
+        classes=classes,
+        stats=stats,
+        summary=summarize(model) if dist.main else "",
+        fingerprint=fp,
+        device=describe_device(runtime, dist.world),
+        whiten_bias=whiten_bias,
+        average=make_average(model, tp.ema, len(train_src)),
+    )
 
 
 def whiten_model(params: Params, model, train_x, train_y, common: dict, *, log):
@@ -284,15 +369,28 @@ def whiten_model(params: Params, model, train_x, train_y, common: dict, *, log):
     sees them (augment.eval applied); returns the conv's bias, trained for bias_epochs."""
     wp = params.model.whiten
     n = min(wp.images, len(train_y))
-    source = make_source(params.augment.eval, "augment.eval", images=train_x[:n], labels=train_y[:n],
-                         index=Path("-"), batch_size=500, shuffle=False, **{**common, "backend": "tensor"})
+    source = make_source(
+        params.augment.eval,
+        "augment.eval",
+        images=train_x[:n],
+        labels=train_y[:n],
+        index=Path("-"),
+        batch_size=500,
+        shuffle=False,
+        **{**common, "backend": "tensor"},
+    )
     xs = [x.reshape(-1, *x.shape[-3:]).float().cpu() for x, _ in source.batches(0)]
     name, bias = apply_whitening(model, torch.cat(xs), wp.eps)
     conv = dict(model.named_modules())[name]
-    kept = "no bias" if bias is None else "bias trained " + (
-        "throughout" if wp.bias_epochs is None else f"for {wp.bias_epochs} epochs")
-    log(f"model.whiten: first conv '{name}' ({conv.out_channels} filters, {'x'.join(map(str, conv.kernel_size))}) "
-        f"whitens the patches of {n} training images; weight frozen, {kept}")
+    kept = (
+        "no bias"
+        if bias is None
+        else "bias trained " + ("throughout" if wp.bias_epochs is None else f"for {wp.bias_epochs} epochs")
+    )
+    log(
+        f"model.whiten: first conv '{name}' ({conv.out_channels} filters, {'x'.join(map(str, conv.kernel_size))}) "
+        f"whitens the patches of {n} training images; weight frozen, {kept}"
+    )
     return bias
 
 
@@ -309,14 +407,76 @@ def resume(ckpt: CheckpointDir, s: Setup, log, set_aside: bool = True) -> Progre
     s.scaler.load_state_dict(state["scaler"])
     if s.average is not None:
         s.average.load_state_dict(state["ema"])
-    progress = Progress(history=state["history"], best=state["best"], start_epoch=state["epoch"] + 1,
-                        tensorboard=state.get("tensorboard", {}), layers=state.get("layers", []))
+    progress = Progress(
+        history=state["history"],
+        best=state["best"],
+        start_epoch=state["epoch"] + 1,
+        tensorboard=state.get("tensorboard", {}),
+        layers=state.get("layers", []),
+    )
     log(f"train: resuming from the checkpoint of epoch {progress.start_epoch} ({state_path})")
     return progress
 
 
-def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: CheckpointDir, writer, paths: Paths,
-               dist: Dist, log, diag: LayerDiagnostics | None = None) -> None:
+def train_epoch(params: Params, s: Setup, *, epoch: int, writer, dist: Dist) -> dict:
+    """One epoch of steps, with the progress bar, the per-step curves and the weight average."""
+    tp = params.train
+    bar = epoch_bar(epoch, tp.epochs, len(s.train_src)) if dist.main else None
+    steps = (
+        writer.steps(s.optimizer, every=tp.log_every_steps, epoch=epoch, steps_per_epoch=len(s.train_src))
+        if dist.main
+        else None
+    )
+    try:
+        tr = train_one_epoch(
+            s.train_model,
+            s.loss_fn,
+            s.optimizer,
+            s.train_src,
+            epoch=epoch,
+            runtime=s.runtime,
+            scheduler=s.scheduler,
+            scaler=s.scaler,
+            needs_closure=s.closure,
+            on_step=chain(bar, steps, s.average and s.average.on_step(epoch)),
+            clip=tp.clip,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    return tr
+
+
+def checkpoint_state(s: Setup, progress: Progress, *, epoch: int, writer) -> dict:
+    """Everything a resumed run needs to continue as if never stopped (engine/checkpoint.KEYS)."""
+    return {
+        "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "scaler": s.scaler.state_dict(),
+        "epoch": epoch,
+        "history": progress.history,
+        "best": progress.best,
+        "rng": {"torch": torch.get_rng_state()},
+        "fingerprint": s.fingerprint,
+        "tensorboard": writer.snapshot(),
+        "layers": progress.layers,
+        **({"ema": s.average.state_dict()} if s.average is not None else {}),
+    }
+
+
+def run_epochs(
+    params: Params,
+    s: Setup,
+    progress: Progress,
+    *,
+    ckpt: CheckpointDir,
+    writer,
+    paths: Paths,
+    dist: Dist,
+    log,
+    diag: LayerDiagnostics | None = None,
+) -> None:
     """Train and validate each remaining epoch; after each, checkpoint and rewrite the live outputs."""
     tp = params.train
     clock = time.perf_counter()
@@ -324,48 +484,53 @@ def run_epochs(params: Params, s: Setup, progress: Progress, *, ckpt: Checkpoint
     for epoch in range(progress.start_epoch, tp.epochs):
         seed_everything(params.seed * 1_000_003 + epoch)  # dropout and per-sample transforms, resumable
         set_bias_epoch(s.whiten_bias, epoch, params.model.whiten.bias_epochs)
-        bar = epoch_bar(epoch, tp.epochs, len(s.train_src)) if dist.main else None
-        steps = writer.steps(s.optimizer, every=tp.log_every_steps, epoch=epoch,
-                             steps_per_epoch=len(s.train_src)) if dist.main else None
-        try:
-            tr = train_one_epoch(s.train_model, s.loss_fn, s.optimizer, s.train_src, epoch=epoch, runtime=s.runtime,
-                                 scheduler=s.scheduler, scaler=s.scaler, needs_closure=s.closure,
-                                 on_step=chain(bar, steps, s.average and s.average.on_step(epoch)), clip=tp.clip)
-        finally:
-            if bar is not None:
-                bar.close()
-        totals = dist.reduce(torch.tensor([tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]],
-                                          dtype=torch.float64, device=s.runtime.device)).tolist()
+        tr = train_epoch(params, s, epoch=epoch, writer=writer, dist=dist)
+        totals = dist.reduce(
+            torch.tensor(
+                [tr["loss"] * tr["images"], tr["acc"] * tr["images"], tr["images"]],
+                dtype=torch.float64,
+                device=s.runtime.device,
+            )
+        ).tolist()
         tr_loss, tr_acc = totals[0] / totals[2], totals[1] / totals[2]
         va = evaluate(s.eval_model(), s.loss_fn, s.valid_src, s.runtime, ncrops=s.ncrops)
         lrs = [g["lr"] for g in s.optimizer.param_groups]
-        s.scheduler.step_epoch({"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss,
-                                "train_acc": tr_acc})
-        row = {"epoch": epoch + 1, "train_loss": tr_loss, "train_acc": tr_acc, "valid_loss": va["loss"],
-               "valid_acc": va["acc"], **{f"lr_{i}": lr for i, lr in enumerate(lrs)},
-               **{k: tr[k] for k in ("grad_norm", "grad_norm_max", "clipped") if k in tr},
-               "epoch_seconds": tr["seconds"], "images_per_second": totals[2] / tr["seconds"],
-               # since the first training step, validation included (what "time to accuracy" counts)
-               "elapsed_seconds": done_before + time.perf_counter() - clock}
+        s.scheduler.step_epoch(
+            {"valid_loss": va["loss"], "valid_acc": va["acc"], "train_loss": tr_loss, "train_acc": tr_acc}
+        )
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tr_loss,
+            "train_acc": tr_acc,
+            "valid_loss": va["loss"],
+            "valid_acc": va["acc"],
+            **{f"lr_{i}": lr for i, lr in enumerate(lrs)},
+            **{k: tr[k] for k in ("grad_norm", "grad_norm_max", "clipped") if k in tr},
+            "epoch_seconds": tr["seconds"],
+            "images_per_second": totals[2] / tr["seconds"],
+            # since the first training step, validation included (what "time to accuracy" counts)
+            "elapsed_seconds": done_before + time.perf_counter() - clock,
+        }
         progress.history.append(row)
         if va["acc"] > progress.best["acc"]:
-            progress.best = {"acc": va["acc"], "epoch": epoch + 1,
-                             "state": {k: v.detach().cpu().clone() for k, v in s.eval_model().state_dict().items()}}
+            progress.best = {
+                "acc": va["acc"],
+                "epoch": epoch + 1,
+                "state": {k: v.detach().cpu().clone() for k, v in s.eval_model().state_dict().items()},
+            }
         if diag is not None:
             writer.layers(diag.measure(epoch + 1), epoch + 1)
             progress.layers = diag.rows
         if dist.main:
             writer.epoch(s.model, row, lrs)
-            ckpt.save({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                       "scheduler": s.scheduler.state_dict(), "scaler": s.scaler.state_dict(), "epoch": epoch,
-                       "history": progress.history, "best": progress.best, "rng": {"torch": torch.get_rng_state()},
-                       "fingerprint": s.fingerprint, "tensorboard": writer.snapshot(), "layers": progress.layers,
-                       **({"ema": s.average.state_dict()} if s.average is not None else {})})
+            ckpt.save(checkpoint_state(s, progress, epoch=epoch, writer=writer))
             write_live(paths, progress, complete=False, device=s.device)
         # logged once the checkpoint is on disk: "epoch N/" means epoch N survives a kill
-        log(f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
+        log(
+            f"epoch {epoch + 1}/{tp.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.4f} | valid loss "
             f"{va['loss']:.4f} acc {va['acc']:.4f} | lr {lrs[0]:.3g} | {tr['seconds']:.1f} s, "
-            f"{row['images_per_second']:.0f} img/s")
+            f"{row['images_per_second']:.0f} img/s"
+        )
 
 
 def describe_device(runtime, world: int = 1) -> str:
@@ -383,6 +548,7 @@ def describe_device(runtime, world: int = 1) -> str:
         text += f", {str(runtime.amp_dtype).removeprefix('torch.')} autocast"
     return text
 
+
 def headline(progress: Progress, complete: bool) -> dict:
     """reports/train/metrics.json: the few numbers `dvc exp show` compares, named by where they come from.
 
@@ -390,8 +556,12 @@ def headline(progress: Progress, complete: bool) -> dict:
     so a reader can tell a run in progress, or a killed one, from a finished one.
     """
     last = progress.history[-1]
-    return {"epoch": last["epoch"], "complete": complete, "train": {"loss": round(last["train_loss"], 6)},
-            "valid": {"best_acc": round(progress.best["acc"], 6), "best_epoch": progress.best["epoch"]}}
+    return {
+        "epoch": last["epoch"],
+        "complete": complete,
+        "train": {"loss": round(last["train_loss"], 6)},
+        "valid": {"best_acc": round(progress.best["acc"], 6), "best_epoch": progress.best["epoch"]},
+    }
 
 
 def write_live(paths: Paths, progress: Progress, complete: bool, device: str = "") -> None:
@@ -409,10 +579,14 @@ def write_live(paths: Paths, progress: Progress, complete: bool, device: str = "
     # always written (a header alone when train.diagnostics is off): dvc.yaml declares it
     write_text(paths.reports / "layers.csv", layers_csv(progress.layers))
     # timings vary run to run: kept apart so identical runs give identical metrics
-    write_json(paths.reports / "timing.json", {
-        "train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
-        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
-        **({"device": device} if device else {})})
+    write_json(
+        paths.reports / "timing.json",
+        {
+            "train_seconds": round(sum(r["epoch_seconds"] for r in history), 3),
+            "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 1),
+            **({"device": device} if device else {}),
+        },
+    )
 
 
 def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) -> dict:
@@ -421,15 +595,22 @@ def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) ->
     # the curves and per-layer diagnostics travel with the model (visualize draws them from it,
     # one dependency fewer in `dvc exp show`), without the clock times: identical runs must
     # write identical model files
-    curves = [{k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"}
-              for row in history]
+    curves = [
+        {k: v for k, v in row.items() if not k.endswith("seconds") and k != "images_per_second"} for row in history
+    ]
     # through JSON: pickle shares repeated objects by identity, and rows restored from a checkpoint
     # share differently from rows made in this process, so the same numbers would pickle to
     # other bytes after a resume; decoded afresh, the structure depends on the values alone
     info: dict[str, Any] = dict(
-        name=params.model.name, kwargs=params.model.kwargs_for(), classes=s.classes, normalize=s.stats,
-        eval_transforms=params.augment.eval, channels_last=params.model.channels_last,
-        history=json.loads(json.dumps(curves)), layers=json.loads(json.dumps(progress.layers)))
+        name=params.model.name,
+        kwargs=params.model.kwargs_for(),
+        classes=s.classes,
+        normalize=s.stats,
+        eval_transforms=params.augment.eval,
+        channels_last=params.model.channels_last,
+        history=json.loads(json.dumps(curves)),
+        layers=json.loads(json.dumps(progress.layers)),
+    )
     with atomic_dir(paths.models) as tmp:
         save_model(tmp / "last.pt", s.eval_model(), epoch=len(history), valid_acc=history[-1]["valid_acc"], **info)
         if best["state"] is not None:
@@ -437,8 +618,13 @@ def write_outputs(params: Params, paths: Paths, s: Setup, progress: Progress) ->
         save_model(tmp / "model.pt", s.model, epoch=best["epoch"], valid_acc=best["acc"], **info)
     write_live(paths, progress, complete=True, device=s.device)
     write_text(paths.reports / "summary.txt", s.summary + "\n")
-    return {"best_valid_acc": best["acc"], "best_epoch": best["epoch"], "final_train_loss": history[-1]["train_loss"],
-            "final_valid_acc": history[-1]["valid_acc"], "epochs": len(history)}
+    return {
+        "best_valid_acc": best["acc"],
+        "best_epoch": best["epoch"],
+        "final_train_loss": history[-1]["train_loss"],
+        "final_valid_acc": history[-1]["valid_acc"],
+        "epochs": len(history),
+    }
 
 
 def raise_if_missing(*files: Path) -> None:

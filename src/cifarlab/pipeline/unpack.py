@@ -2,6 +2,7 @@
 
 Layout: ``<out>/<class>/<class>_<number>.png``, numbered as layout.py explains.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,6 +29,7 @@ def space_needed(out: Path, images: int) -> int:
     block = free_space(out.parent)[2]
     return images * on_disk(PNG_MAX_BYTES, block) + on_disk(images * MANIFEST_LINE, block) + 64 * block
 
+
 def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[str, str]:
     """Write one batch's PNGs; return {relative path: md5} for the manifest."""
     chw = batch.data  # [N, 3, 32, 32]: each image is made HWC on its own, never the whole batch at once
@@ -53,8 +55,15 @@ def _write_pngs(out: Path, classes: list[str], batch: Batch, progress) -> dict[s
     return entries
 
 
-def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: str | Path, *,
-           md5: Optional[str] = None, progress=print) -> dict:
+def unpack(
+    archive: str | Path,
+    batches: list[str],
+    out: str | Path,
+    meta_out: str | Path,
+    *,
+    md5: Optional[str] = None,
+    progress=print,
+) -> dict:
     """Write every image of `batches` as a PNG under `out`, its md5 manifest beside it (out.md5),
     and the class names and batch ranges to `meta_out`.
 
@@ -73,21 +82,29 @@ def unpack(archive: str | Path, batches: list[str], out: str | Path, meta_out: s
             # before the first PNG of each batch: room for this batch and the rest (CIFAR-10's
             # batches are all the same size), so a full disk stops the stage before it writes
             left = len(batch.labels) * (len(batches) - done)
-            require_space(out, space_needed(out, left), left + len(classes),
-                          f"unpack {left:,} images" + (f" ({len(batches) - done} batches)" if len(batches) > 1 else ""))
+            require_space(
+                out,
+                space_needed(out, left),
+                left + len(classes),
+                f"unpack {left:,} images" + (f" ({len(batches) - done} batches)" if len(batches) > 1 else ""),
+            )
             done += 1  # noqa: SIM113 - not enumerate(), see above
             if meta["classes"] is None:
                 meta["classes"] = classes
                 for cls in classes:
                     (tmp / cls).mkdir()
             if len(batch.labels) > BATCH_SIZE:
-                raise DataError(f"{archive}:{batch.name}: {len(batch.labels)} images; a CIFAR batch holds at most {BATCH_SIZE}")
-            meta["batches"][batch.name] = {"first": batch_offset(batch.name), "count": len(batch.labels),
-                                           "per_class": np.bincount(batch.labels, minlength=len(classes)).tolist()}
+                raise DataError(
+                    f"{archive}:{batch.name}: {len(batch.labels)} images; a CIFAR batch holds at most {BATCH_SIZE}"
+                )
+            meta["batches"][batch.name] = {
+                "first": batch_offset(batch.name),
+                "count": len(batch.labels),
+                "per_class": np.bincount(batch.labels, minlength=len(classes)).tolist(),
+            }
             manifest.update(_write_pngs(tmp, classes, batch, progress))
             del batch  # before the next batch is read: one batch in memory at a time
     write_manifest(out, manifest)
     meta["batches"] = {b: meta["batches"][b] for b in batches}
     write_json(meta_out, meta)
     return meta
-

@@ -9,6 +9,7 @@ Layer names and classes from params are checked against the loaded model before 
 is decoded, so a typo fails in a second with the valid names. Both output folders are
 written atomically as a whole: an interrupted run leaves the previous pictures or none.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,9 +37,21 @@ from cifarlab.viz.predictions import choose, predict
 from cifarlab.viz.tb import VisualizeLogger
 
 #: The PNG files this stage writes into reports/figures (dvc.yaml lists them as plots).
-PICTURES = ("training_curves", "confusion_matrix", "per_class", "augmented_inputs", "kernels",
-            "kernels_per_channel", "feature_maps", "weights", "gradients", "grad_cam",
-            "activation_maps", "confusion_splits", "layers")
+PICTURES = (
+    "training_curves",
+    "confusion_matrix",
+    "per_class",
+    "augmented_inputs",
+    "kernels",
+    "kernels_per_channel",
+    "feature_maps",
+    "weights",
+    "gradients",
+    "grad_cam",
+    "activation_maps",
+    "confusion_splits",
+    "layers",
+)
 
 
 @dataclass
@@ -70,19 +83,23 @@ class Plan:
     classes: list[int]
 
     def describe(self) -> str:
-        return (f"kernels: {self.kernels}\nfeature maps: {', '.join(self.features)}\n"
-                f"Grad-CAM: {self.gradcam}\nembedding: input of {self.head}\nclasses: {self.classes}")
+        return (
+            f"kernels: {self.kernels}\nfeature maps: {', '.join(self.features)}\n"
+            f"Grad-CAM: {self.gradcam}\nembedding: input of {self.head}\nclasses: {self.classes}"
+        )
 
 
 def plan_layers(model: torch.nn.Module, params: Params, classes: list[str]) -> Plan:
     """Resolve visualize.* against the model (auto picks), or one ParamsError with the valid names."""
     vp = params.visualize
     table = layers.probe(model)
-    return Plan(kernels=layers.kernels_layer(table, vp.kernels_layer),
-                features=layers.feature_layers(table, vp.feature_layers),
-                gradcam=layers.gradcam_layer(table, vp.gradcam_layer),
-                head=layers.classifier_layer(table),
-                classes=layers.class_indices(vp.classes, classes))
+    return Plan(
+        kernels=layers.kernels_layer(table, vp.kernels_layer),
+        features=layers.feature_layers(table, vp.feature_layers),
+        gradcam=layers.gradcam_layer(table, vp.gradcam_layer),
+        head=layers.classifier_layer(table),
+        classes=layers.class_indices(vp.classes, classes),
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -103,10 +120,14 @@ def _grad_cam_figure(model, plan: Plan, x: torch.Tensor, idx: list[int], *, targ
     # both targets in one forward and backward pass: the batch twice (eval mode: images independent)
     cam_pred, cam_other = hooks.grad_cam(model, plan.gradcam, torch.cat([x, x]), torch.cat([pred, other]))[0].chunk(2)
     pred_titles = [f"predicted {classes[c]} {p[i, c]:.2f}" for i, c in enumerate(pred.tolist())]
-    other_titles = [f"{'runner-up' if pred[i] == true[i] else 'true'} {classes[c]} {p[i, c]:.2f}"
-                    for i, c in enumerate(other.tolist())]
-    columns = [("Grad-CAM, predicted class", cam_pred, pred_titles),
-               ("Grad-CAM, true class or runner-up", cam_other, other_titles)]
+    other_titles = [
+        f"{'runner-up' if pred[i] == true[i] else 'true'} {classes[c]} {p[i, c]:.2f}"
+        for i, c in enumerate(other.tolist())
+    ]
+    columns = [
+        ("Grad-CAM, predicted class", cam_pred, pred_titles),
+        ("Grad-CAM, true class or runner-up", cam_other, other_titles),
+    ]
     title = f"Grad-CAM at {plan.gradcam}"
     maps, how = cam.cam(model, plan.head, x, pred)
     if maps is None:
@@ -123,16 +144,27 @@ def _overlay(img: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
     return 0.55 * img.float().cpu() + 0.45 * colour
 
 
-def _confusions(model, inputs: EvalInputs, paths: VizPaths, plan: Plan, *, device, channels_last: bool,
-                batch_size: int, classes: list[str], test_counts) -> dict[str, list[list[int]]]:
+def _confusions(
+    model,
+    inputs: EvalInputs,
+    paths: VizPaths,
+    plan: Plan,
+    *,
+    device,
+    channels_last: bool,
+    batch_size: int,
+    classes: list[str],
+    test_counts,
+) -> dict[str, list[list[int]]]:
     """Confusion counts of the train and validation splits (eval transforms), and the evaluate stage's test ones."""
     k = len(classes)
     out = {}
     assert paths.valid_index is not None, "VizPaths.__post_init__ sets it"
     for split, index in (("train", paths.train_index), ("valid", paths.valid_index)):
         x, y = load_tensors(index, paths.root, k)
-        logits, _ = predict(model, inputs, x, head=plan.head, batch_size=batch_size, device=device,
-                            channels_last=channels_last)
+        logits, _ = predict(
+            model, inputs, x, head=plan.head, batch_size=batch_size, device=device, channels_last=channels_last
+        )
         out[split] = torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k).tolist()
     out["test"] = test_counts
     return out
@@ -200,8 +232,10 @@ class Drawn:
     summary: str
 
     def captions(self, idx: list[int], classes: list[str]) -> list[str]:
-        return [figures.caption(int(self.test_y[i]), int(self.preds[i]), float(self.probs[i, self.preds[i]]), classes)
-                for i in idx]
+        return [
+            figures.caption(int(self.test_y[i]), int(self.preds[i]), float(self.probs[i, self.preds[i]]), classes)
+            for i in idx
+        ]
 
 
 def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
@@ -231,17 +265,20 @@ def run_visualize(params: Params, paths: VizPaths, log=print) -> Plan:
 def _read_reports(paths: VizPaths, meta: dict) -> tuple[dict, dict, dict]:
     """(training curves, evaluate's report, its confusion matrix), each checked with a clear error."""
     if not meta.get("history"):
-        raise CifarlabError(f"{paths.model}: the model file carries no training history (written by an older "
-                            "cifarlab); retrain it: dvc repro train --force")
+        raise CifarlabError(
+            f"{paths.model}: the model file carries no training history (written by an older "
+            "cifarlab); retrain it: dvc repro train --force"
+        )
     report = _read_json(paths.report)
     confusion = report.get("confusion")
     if not isinstance(confusion, dict) or not {"classes", "counts"} <= set(confusion):
-        raise CifarlabError(f"{paths.report}: no confusion matrix in it; rerun the evaluate stage (dvc repro evaluate --force)")
+        raise CifarlabError(
+            f"{paths.report}: no confusion matrix in it; rerun the evaluate stage (dvc repro evaluate --force)"
+        )
     return figures.history_columns(meta["history"]), report, confusion
 
 
-def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, device, confusion: dict,
-             log) -> Drawn:
+def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, device, confusion: dict, log) -> Drawn:
     """Every forward and backward pass the pictures need, the test set through the model once."""
     vp, seed, classes = params.visualize, params.seed, list(meta["classes"])
     channels_last = bool(meta.get("channels_last"))
@@ -249,8 +286,9 @@ def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, 
     test_x, test_y = load_tensors(paths.test_index, paths.root, len(classes))
     if len(test_y) == 0:
         raise CifarlabError(f"{paths.test_index}: the test index is empty")
-    logits, feats = predict(model, inputs, test_x, head=plan.head, batch_size=vp.batch_size, device=device,
-                            channels_last=channels_last)
+    logits, feats = predict(
+        model, inputs, test_x, head=plan.head, batch_size=vp.batch_size, device=device, channels_last=channels_last
+    )
     probs, preds = logits.softmax(1), logits.argmax(1)
     log(f"visualize: {len(test_y)} test images, accuracy {(preds == test_y).float().mean():.4f}")
 
@@ -265,29 +303,62 @@ def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, 
     cams, cam_title = _grad_cam_figure(model, plan, gc_x, gc_idx, targets=test_y, probs=probs, classes=classes, log=log)
     before, after, act_how = cam.activation_pair(model, plan.kernels, fm_x)
     # weights, and the gradients of one test batch (the tutorial's 4.4)
-    g_idx = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 2))[:vp.batch_size].tolist()
+    g_idx = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 2))[: vp.batch_size].tolist()
     g_x, g_y = model_input(g_idx), test_y[g_idx].to(device)
     weight = kernels.conv_weight(model, plan.kernels)
     stats = read_stats(paths.stats)
-    grid_images, _ = train_grid_images(paths.train_index, params.augment.train, stats, count=vp.grid_images,
-                                       seed=seed, num_classes=len(classes), root=paths.root)
+    grid_images, _ = train_grid_images(
+        paths.train_index,
+        params.augment.train,
+        stats,
+        count=vp.grid_images,
+        seed=seed,
+        num_classes=len(classes),
+        root=paths.root,
+    )
     return Drawn(
-        inputs=inputs, test_x=test_x, test_y=test_y, feats=feats, probs=probs, preds=preds, fm_idx=fm_idx, fm_x=fm_x,
-        maps=hooks.feature_maps(model, plan.features, fm_x), gc_idx=gc_idx, gc_x=gc_x, cams=cams,
-        cam_title=cam_title, before=before, after=after, act_how=act_how, grads=hooks.gradients(model, g_x, g_y),
+        inputs=inputs,
+        test_x=test_x,
+        test_y=test_y,
+        feats=feats,
+        probs=probs,
+        preds=preds,
+        fm_idx=fm_idx,
+        fm_x=fm_x,
+        maps=hooks.feature_maps(model, plan.features, fm_x),
+        gc_idx=gc_idx,
+        gc_x=gc_x,
+        cams=cams,
+        cam_title=cam_title,
+        before=before,
+        after=after,
+        act_how=act_how,
+        grads=hooks.gradients(model, g_x, g_y),
         boundary=cam.boundary_gradients(model, F.cross_entropy, g_x, g_y),
-        splits=_confusions(model, inputs, paths, plan, device=device, channels_last=channels_last,
-                           batch_size=vp.batch_size, classes=classes, test_counts=confusion["counts"]),
+        splits=_confusions(
+            model,
+            inputs,
+            paths,
+            plan,
+            device=device,
+            channels_last=channels_last,
+            batch_size=vp.batch_size,
+            classes=classes,
+            test_counts=confusion["counts"],
+        ),
         layer_rows=meta.get("layers") or _layer_rows(paths.layers),  # the model file carries them
-        weights={n: w.detach().float().cpu() for n, w in model.named_parameters()}, weight=weight,
-        grid_images=grid_images, train_grid=make_grid(grid_images, nrow=8, padding=2, pad_value=1.0),
-        kernel_grid=kernels.kernel_grid(weight), per_channel=kernels.kernel_grid_per_channel(weight, vp.kernels_channels),
-        emb_idx=torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 3))[:vp.embedding_images],
-        summary=summarize(model))
+        weights={n: w.detach().float().cpu() for n, w in model.named_parameters()},
+        weight=weight,
+        grid_images=grid_images,
+        train_grid=make_grid(grid_images, nrow=8, padding=2, pad_value=1.0),
+        kernel_grid=kernels.kernel_grid(weight),
+        per_channel=kernels.kernel_grid_per_channel(weight, vp.kernels_channels),
+        emb_idx=torch.randperm(len(test_y), generator=torch.Generator().manual_seed(seed + 3))[: vp.embedding_images],
+        summary=summarize(model),
+    )
 
 
-def _pictures(d: Drawn, vp, *, plan: Plan, classes: list[str], history: dict, report: dict,
-              confusion: dict) -> dict:
+def _pictures(d: Drawn, vp, *, plan: Plan, classes: list[str], history: dict, report: dict, confusion: dict) -> dict:
     matrices = {n: w for n, w in d.weights.items() if w.dim() > 1}
     weight = d.weight
     return {
@@ -295,29 +366,42 @@ def _pictures(d: Drawn, vp, *, plan: Plan, classes: list[str], history: dict, re
         "confusion_matrix": figures.confusion_matrix(confusion["counts"], confusion["classes"]),
         "per_class": figures.per_class(report),
         "augmented_inputs": figures.image_grid(
-            d.train_grid, f"{len(d.grid_images)} training inputs after augment.train (de-normalized)"),
-        "kernels": figures.image_grid(d.kernel_grid, f"{plan.kernels} kernels {tuple(weight.shape)}"
-                                      + ("" if weight.shape[1] == 3 else ", mean over input channels")),
+            d.train_grid, f"{len(d.grid_images)} training inputs after augment.train (de-normalized)"
+        ),
+        "kernels": figures.image_grid(
+            d.kernel_grid,
+            f"{plan.kernels} kernels {tuple(weight.shape)}"
+            + ("" if weight.shape[1] == 3 else ", mean over input channels"),
+        ),
         "kernels_per_channel": figures.image_grid(
-            d.per_channel, f"{plan.kernels} per channel",
+            d.per_channel,
+            f"{plan.kernels} per channel",
             xlabel=f"input channel (first {min(weight.shape[1], vp.kernels_channels)})",
-            ylabel=f"output channel (first {min(weight.shape[0], vp.kernels_channels)})"),
-        "feature_maps": figures.feature_maps(d.inputs.show(d.fm_x), d.maps, d.captions(d.fm_idx, classes),
-                                             vp.feature_channels),
+            ylabel=f"output channel (first {min(weight.shape[0], vp.kernels_channels)})",
+        ),
+        "feature_maps": figures.feature_maps(
+            d.inputs.show(d.fm_x), d.maps, d.captions(d.fm_idx, classes), vp.feature_channels
+        ),
         "weights": figures.distributions(matrices, "conv and linear weights"),
-        "gradients": figures.distributions({n: d.grads[n] for n in matrices if n in d.grads},
-                                           "gradients of one test batch", magnitude=True),
+        "gradients": figures.distributions(
+            {n: d.grads[n] for n in matrices if n in d.grads}, "gradients of one test batch", magnitude=True
+        ),
         "grad_cam": figures.grad_cam(d.inputs.show(d.gc_x), d.cams, d.captions(d.gc_idx, classes), d.cam_title),
         "activation_maps": figures.feature_maps(
-            d.inputs.show(d.fm_x), {f"{plan.kernels} before": d.before, f"{plan.kernels} after": d.after},
-            d.captions(d.fm_idx, classes), vp.feature_channels, title=f"before and after the activation: {d.act_how}"),
+            d.inputs.show(d.fm_x),
+            {f"{plan.kernels} before": d.before, f"{plan.kernels} after": d.after},
+            d.captions(d.fm_idx, classes),
+            vp.feature_channels,
+            title=f"before and after the activation: {d.act_how}",
+        ),
         "confusion_splits": figures.confusion_splits(d.splits, confusion["classes"]),
         "layers": figures.layer_heatmaps(d.layer_rows),
     }
 
 
-def _log_run(tb_dir: Path, d: Drawn, pictures: dict, *, model, meta: dict, params: Params, plan: Plan,
-             fig_dir: Path, log) -> None:
+def _log_run(
+    tb_dir: Path, d: Drawn, pictures: dict, *, model, meta: dict, params: Params, plan: Plan, fig_dir: Path, log
+) -> None:
     """The visualize stage's own TensorBoard run: images, figures, graph, projector, PR curves, text."""
     classes = list(meta["classes"])
     tb = VisualizeLogger(tb_dir, step=int(meta.get("epoch") or 0))
@@ -341,8 +425,11 @@ def _log_run(tb_dir: Path, d: Drawn, pictures: dict, *, model, meta: dict, param
     tb.params(params)
     tb.text("model/summary", d.summary)
     tb.text("visualize/layers", plan.describe() + f"\nactivation maps: {d.act_how}")
-    tb.text("gradients/layers", "gradient norms at each layer's output and input (full backward hooks), "
-            "one test batch\n" + _boundary_table(d.boundary))
+    tb.text(
+        "gradients/layers",
+        "gradient norms at each layer's output and input (full backward hooks), "
+        "one test batch\n" + _boundary_table(d.boundary),
+    )
     tb.histograms("weights", d.weights)
     tb.histograms("gradients", d.grads)
     tb.close()

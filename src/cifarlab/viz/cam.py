@@ -13,6 +13,7 @@ gradients at each layer's boundaries: the course's other hook kinds, where each 
 * `box`: the bounding box of the largest connected region of a map above a fraction of its
   peak, found with a flood fill (no scipy).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,23 @@ from torch import nn
 
 from cifarlab.engine.diagnostics import measured_layers
 
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-               nn.Mish, nn.Hardswish, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus)
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+)
 
 
 @contextlib.contextmanager
@@ -60,9 +76,14 @@ def cam(model: nn.Module, head: str, x: torch.Tensor, target: torch.Tensor) -> t
 
     def keep_map(name):
         def hook(_module, _inputs, output):
-            if "head_in" not in seen and isinstance(output, torch.Tensor) and output.dim() == 4 \
-                    and output.shape[-1] * output.shape[-2] > 1:
+            if (
+                "head_in" not in seen
+                and isinstance(output, torch.Tensor)
+                and output.dim() == 4
+                and output.shape[-1] * output.shape[-2] > 1
+            ):
                 spatial.append((name, output.detach().float()))
+
         return hook
 
     handles = [linear.register_forward_pre_hook(pre_hook)]
@@ -79,8 +100,10 @@ def cam(model: nn.Module, head: str, x: torch.Tensor, target: torch.Tensor) -> t
             weights = linear.weight.detach().float()[target.to(linear.weight.device)]  # [N, K]
             raw = torch.einsum("nk,nkhw->nhw", weights, maps)
             return _normalized(raw, x.shape[-2:]).cpu(), f"{name}, global {kind} pooling, {head}"
-    return None, (f"the classifier {head} does not take a global pooling of a feature map "
-                  f"(its input has {vec.shape[1]} values; the last map, {name}, is {tuple(maps.shape[1:])})")
+    return None, (
+        f"the classifier {head} does not take a global pooling of a feature map "
+        f"(its input has {vec.shape[1]} values; the last map, {name}, is {tuple(maps.shape[1:])})"
+    )
 
 
 def box(heat: torch.Tensor, frac: float = 0.2) -> Optional[tuple[int, int, int, int]]:
@@ -130,12 +153,14 @@ def activation_pair(model: nn.Module, conv: str, x: torch.Tensor) -> tuple[torch
         def hook(_module, inputs):
             if "conv" in kept and "before" not in kept:
                 kept["before"], kept["name"] = inputs[0].detach().float(), name
+
         return hook
 
     def post(name):
         def hook(_module, _inputs, output):
             if kept.get("name") == name and "after" not in kept:
                 kept["after"] = output.detach().float()
+
         return hook
 
     handles = [model.get_submodule(conv).register_forward_hook(conv_done)]
@@ -147,9 +172,17 @@ def activation_pair(model: nn.Module, conv: str, x: torch.Tensor) -> tuple[torch
         model(x)
     if "after" in kept and kept["before"].dim() == 4:
         name = kept["name"]
-        return kept["before"].cpu(), kept["after"].cpu(), f"input and output of {name} ({type(model.get_submodule(name)).__name__}), forward pre-hook and forward hook"
+        return (
+            kept["before"].cpu(),
+            kept["after"].cpu(),
+            f"input and output of {name} ({type(model.get_submodule(name)).__name__}), forward pre-hook and forward hook",
+        )
     out = kept["conv"]
-    return out.cpu(), F.relu(out).cpu(), f"{conv}'s output, and ReLU applied by cifarlab (the model calls its activation as a function: no module to hook)"
+    return (
+        out.cpu(),
+        F.relu(out).cpu(),
+        f"{conv}'s output, and ReLU applied by cifarlab (the model calls its activation as a function: no module to hook)",
+    )
 
 
 def boundary_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
@@ -163,8 +196,12 @@ def boundary_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tens
         def record(_module, grad_input, grad_output):
             if name not in rows:
                 g_in = grad_input[0]
-                rows[name] = {"layer": name, "grad_output_norm": float(grad_output[0].float().norm()),
-                              "grad_input_norm": float(g_in.float().norm()) if g_in is not None else float("nan")}
+                rows[name] = {
+                    "layer": name,
+                    "grad_output_norm": float(grad_output[0].float().norm()),
+                    "grad_input_norm": float(g_in.float().norm()) if g_in is not None else float("nan"),
+                }
+
         return record
 
     names = measured_layers(model)

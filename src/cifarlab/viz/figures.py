@@ -4,6 +4,7 @@ Figures are built with `matplotlib.figure.Figure` directly rather than pyplot, s
 accumulates in pyplot's global figure list across a run and no GUI backend is ever asked
 for; the same Figure is saved as a PNG and logged to TensorBoard (add_figure).
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,8 +79,15 @@ def _confusion_axes(fig: Figure, ax, counts, classes: list[str], title: str) -> 
     ax.set(xlabel="predicted", ylabel="actual", title=f"{title}: {int(np.trace(cm))} of {int(cm.sum())} right")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if k <= 12 else 6,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8 if k <= 12 else 6,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
 
 
 def confusion_matrix(counts: list[list[int]], classes: list[str]) -> Figure:
@@ -111,9 +119,13 @@ def layer_heatmaps(rows: list[dict]) -> Figure:
         fig.suptitle("no per-layer diagnostics: the model was trained with train.diagnostics off")
         return fig
     epochs = sorted({int(r["epoch"]) for r in rows})
-    layers = [r["layer"] for r in sorted((r for r in rows if int(r["epoch"]) == epochs[0]), key=lambda r: int(r["depth"]))]
-    for ax, key, label in ((axes[0], "activation_std", "log10 std of the layer's output"),
-                           (axes[1], "gradient_norm", "log10 norm of the gradient at its output")):
+    layers = [
+        r["layer"] for r in sorted((r for r in rows if int(r["epoch"]) == epochs[0]), key=lambda r: int(r["depth"]))
+    ]
+    for ax, key, label in (
+        (axes[0], "activation_std", "log10 std of the layer's output"),
+        (axes[1], "gradient_norm", "log10 norm of the gradient at its output"),
+    ):
         grid = np.full((len(layers), len(epochs)), np.nan)
         for r in rows:
             if r["layer"] in layers:
@@ -179,8 +191,14 @@ def _suptitle(fig: Figure, text: str) -> None:
     fig.suptitle(text, fontsize=10, y=1 - 0.12 / fig.get_figheight(), va="top")
 
 
-def feature_maps(images: torch.Tensor, maps: dict[str, torch.Tensor], captions: list[str], channels: int, *,
-                 title: str = "feature maps (forward hooks)") -> Figure:
+def feature_maps(
+    images: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    captions: list[str],
+    channels: int,
+    *,
+    title: str = "feature maps (forward hooks)",
+) -> Figure:
     """Per layer and image: the input, then its first `channels` feature maps, each scaled on its own."""
     n = images.shape[0]
     rows = len(maps) * n
@@ -248,8 +266,14 @@ def distributions(tensors: dict[str, torch.Tensor], title: str, magnitude: bool 
     return fig
 
 
-def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[str]]], captions: list[str],
-             layer: str, *, boxes: bool = True) -> Figure:
+def grad_cam(
+    images: torch.Tensor,
+    columns: list[tuple[str, torch.Tensor, list[str]]],
+    captions: list[str],
+    layer: str,
+    *,
+    boxes: bool = True,
+) -> Figure:
     """Each image, then one overlay per column (name, maps [N, H, W], per-image titles); with
     `boxes`, a rectangle around each map's largest region above BOX_FRACTION of its peak."""
     n = images.shape[0]
@@ -267,12 +291,19 @@ def grad_cam(images: torch.Tensor, columns: list[tuple[str, torch.Tensor, list[s
             b = box(maps[i], BOX_FRACTION) if boxes else None
             if b is not None:
                 x0, y0, x1, y1 = b
-                axes[i, j].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
-                                               edgecolor="white", linewidth=1.5))
+                axes[i, j].add_patch(
+                    Rectangle(
+                        (x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="white", linewidth=1.5
+                    )
+                )
     for ax in axes.flat:
         ax.axis("off")
-    _suptitle(fig, f"{layer}\n" + ", ".join(name for name, _, _ in columns)
-              + (f"\nboxes: the largest region above {BOX_FRACTION:.0%} of each map's peak" if boxes else ""))
+    _suptitle(
+        fig,
+        f"{layer}\n"
+        + ", ".join(name for name, _, _ in columns)
+        + (f"\nboxes: the largest region above {BOX_FRACTION:.0%} of each map's peak" if boxes else ""),
+    )
     return fig
 
 

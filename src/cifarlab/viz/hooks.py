@@ -8,6 +8,7 @@ in a `finally`, so a failed pass never leaves one behind on the model.
 Models here are copies loaded for visualization: `no_inplace` turns in-place activations
 off, so a captured activation is not overwritten by the next ReLU and autograd can hook it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,6 +37,7 @@ def capture_outputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, to
         def record(_module, _inputs, output):
             if name not in store and isinstance(output, torch.Tensor):
                 store[name] = output.detach().float().clone()
+
         return record
 
     try:

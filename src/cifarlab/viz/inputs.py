@@ -9,6 +9,7 @@
 * `denormalize` undoes the lists' top-level Normalize entries, so pictures show colours
   rather than z-scores.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -69,8 +70,9 @@ class EvalInputs:
         self.ncrops = is_multicrop(self.entries)
         self.predict = pipeline(self.entries, self.stats, "augment.eval")
         norms = normalize_entries(self.entries, self.stats, "augment.eval")
-        picture_entries = self.entries if self.ncrops == 1 else [{"Normalize": {"mean": list(m), "std": list(s)}}
-                                                                 for m, s in norms]
+        picture_entries = (
+            self.entries if self.ncrops == 1 else [{"Normalize": {"mean": list(m), "std": list(s)}} for m, s in norms]
+        )
         self.picture = pipeline(picture_entries, self.stats, "augment.eval")
         self.norms = norms
 
@@ -79,8 +81,9 @@ class EvalInputs:
         return denormalize(x.cpu(), self.norms)
 
 
-def train_grid_images(index: Path, entries: list, stats: dict, *, count: int, seed: int,
-                      num_classes: int, root: Path = Path(".")) -> tuple[torch.Tensor, torch.Tensor]:
+def train_grid_images(
+    index: Path, entries: list, stats: dict, *, count: int, seed: int, num_classes: int, root: Path = Path(".")
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` training images picked with `seed`, augmented by `augment.train`, de-normalized.
 
     Returns ([M, 3, H, W] in 0..1, labels [M]); M = count, or count x crops after a
@@ -89,8 +92,9 @@ def train_grid_images(index: Path, entries: list, stats: dict, *, count: int, se
     items = read_index(index, num_classes)
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(items), generator=g)[:count].tolist()
-    raw = torch.stack([torch.from_numpy(load_rgb32(root / items[i][0], items.where(i)).transpose(2, 0, 1).copy())
-                       for i in pick])
+    raw = torch.stack(
+        [torch.from_numpy(load_rgb32(root / items[i][0], items.where(i)).transpose(2, 0, 1).copy()) for i in pick]
+    )
     labels = torch.tensor([items[i][1] for i in pick], dtype=torch.int64)
     out = pipeline(entries, stats, "augment.train")(raw, g)
     if out.dim() == 5:

@@ -10,6 +10,7 @@ Two views of a conv layer's weight [out, in, k, k], as the tutorial draws them:
 
 Feature maps are drawn the same way: one gray tile per channel, each scaled on its own.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,5 +47,6 @@ def kernel_grid_per_channel(weight: torch.Tensor, max_channels: int = 16, paddin
 def feature_grid(maps: torch.Tensor, max_channels: int = 64, padding: int = 1) -> torch.Tensor:
     """One image's feature maps [C, H, W] as a gray grid, each map scaled to 0..1 on its own."""
     m = maps[:max_channels].float().unsqueeze(1)
-    return make_grid(m, nrow=max(1, math.ceil(math.sqrt(len(m)))), padding=padding, normalize=True,
-                     scale_each=True, pad_value=1.0)
+    return make_grid(
+        m, nrow=max(1, math.ceil(math.sqrt(len(m)))), padding=padding, normalize=True, scale_each=True, pad_value=1.0
+    )

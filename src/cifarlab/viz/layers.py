@@ -14,6 +14,7 @@ order, is the order the data flows through them). From that table:
 
 A name the model does not have is one `ParamsError` listing the names that would work.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ def probe(model: nn.Module, input_size: Sequence[int] = (2, 3, 32, 32)) -> list[
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else None
                 own = any(True for _ in module.parameters(recurse=False))
                 order[name] = Layer(name, type(module).__name__, shape, isinstance(module, nn.Conv2d), own)
+
         return record
 
     for name, module in model.named_modules():
@@ -73,8 +75,7 @@ def _pick(layers: list[Layer], value: str, valid: list[str], key: str, what: str
     if value in valid:
         return value
     known = {layer.name for layer in layers}
-    why = (f"layer {value!r} has no {what}" if value in known
-           else f"the model has no layer named {value!r}")
+    why = f"layer {value!r} has no {what}" if value in known else f"the model has no layer named {value!r}"
     raise ParamsError(key, f"{why}; valid names, in forward order: {', '.join(valid)} (or auto)")
 
 
@@ -133,8 +134,12 @@ def class_indices(value: list, classes: list[str], key: str = "visualize.classes
     for i, c in enumerate(value):
         if isinstance(c, int) and not isinstance(c, bool):
             if not 0 <= c < len(classes):
-                raise ParamsError(f"{key}.{i}", f"class index out of range 0..{len(classes) - 1}", c,
-                                  [f"{k}={name}" for k, name in enumerate(classes)])
+                raise ParamsError(
+                    f"{key}.{i}",
+                    f"class index out of range 0..{len(classes) - 1}",
+                    c,
+                    [f"{k}={name}" for k, name in enumerate(classes)],
+                )
             out.append(c)
         elif c in classes:
             out.append(classes.index(c))

@@ -4,6 +4,7 @@ The features come from a forward hook on the classifier layer (its input), so th
 gives the predictions for the PR curves and the vectors for the embedding projector, on
 any architecture. Images are picked with the run's seed, so a rerun shows the same ones.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,16 @@ from cifarlab.viz.inputs import EvalInputs
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, inputs: EvalInputs, images: torch.Tensor, *, head: str, batch_size: int,
-            device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: torch.nn.Module,
+    inputs: EvalInputs,
+    images: torch.Tensor,
+    *,
+    head: str,
+    batch_size: int,
+    device: torch.device,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, K], features [N, D]) of uint8 images through the model's eval transforms.
 
     Multi-crop transforms (FiveCrop/TenCrop) average logits and features over the crops,
@@ -25,7 +34,7 @@ def predict(model: torch.nn.Module, inputs: EvalInputs, images: torch.Tensor, *,
     logits, feats = [], []
     with capture_inputs(model, head) as seen:
         for start in range(0, len(images), batch_size):
-            x = inputs.predict(images[start:start + batch_size], None)
+            x = inputs.predict(images[start : start + batch_size], None)
             b = x.shape[0]
             crops = x.shape[1] if x.dim() == 5 else 1
             x = x.reshape(-1, *x.shape[-3:]).to(device)
@@ -40,8 +49,16 @@ def predict(model: torch.nn.Module, inputs: EvalInputs, images: torch.Tensor, *,
     return torch.cat(logits), torch.cat(feats)
 
 
-def choose(targets: torch.Tensor, preds: torch.Tensor, allowed: list[int], count: int, *, seed: int,
-           mix: bool, key: str = "visualize.classes") -> list[int]:
+def choose(
+    targets: torch.Tensor,
+    preds: torch.Tensor,
+    allowed: list[int],
+    count: int,
+    *,
+    seed: int,
+    mix: bool,
+    key: str = "visualize.classes",
+) -> list[int]:
     """Up to `count` test images of the allowed classes, in a seeded random order.
 
     With `mix`, half are right and half wrong where the test set has enough of each (right

@@ -7,6 +7,7 @@ params and the model summary as text, the confusion matrix and other figures, an
 histograms of the weights and of one test batch's gradients. Curves over epochs, per-epoch
 histograms and hparams are the train run's (reports/tensorboard/train).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,8 +38,9 @@ class VisualizeLogger:
 
     def boxes(self, tag: str, img: torch.Tensor, box: tuple[int, int, int, int], label: str) -> None:
         """A [3, H, W] image in 0..1 with one labelled box (x0, y0, x1, y1) drawn by TensorBoard."""
-        self.writer.add_image_with_boxes(tag, img.float().clamp(0, 1), torch.tensor([box], dtype=torch.float32),
-                                         self.step, labels=[label])
+        self.writer.add_image_with_boxes(
+            tag, img.float().clamp(0, 1), torch.tensor([box], dtype=torch.float32), self.step, labels=[label]
+        )
 
     def figure(self, tag: str, fig) -> None:
         self.writer.add_figure(tag, fig, self.step, close=True)
@@ -66,11 +68,13 @@ class VisualizeLogger:
             self.text("model/graph", f"no graph: torch.jit.trace failed on this model ({why})")
             return why
 
-    def embedding(self, features: torch.Tensor, labels: list[str], thumbnails: torch.Tensor,
-                  tag: str = "test_features") -> None:
+    def embedding(
+        self, features: torch.Tensor, labels: list[str], thumbnails: torch.Tensor, tag: str = "test_features"
+    ) -> None:
         """Penultimate features with class labels and thumbnails, for the projector (PCA, t-SNE, UMAP)."""
-        self.writer.add_embedding(features.float(), metadata=labels, label_img=thumbnails.float().clamp(0, 1),
-                                  global_step=self.step, tag=tag)
+        self.writer.add_embedding(
+            features.float(), metadata=labels, label_img=thumbnails.float().clamp(0, 1), global_step=self.step, tag=tag
+        )
 
     def pr_curves(self, probs: torch.Tensor, targets: torch.Tensor, classes: list[str]) -> None:
         """One-vs-rest precision-recall curve per class from the softmax probabilities."""
