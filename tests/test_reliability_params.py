@@ -156,6 +156,11 @@ OUT_OF_RANGE: dict[str, tuple | None] = {
     "model.init.linear.normal_.std": (-1.0, {}),
     "model.init.batchnorm.constant_.val": (math.nan, {}),
     "model.cifarlab.resnet8.width": (1, {}),
+    "model.whiten.eps": (0, {}),
+    "model.whiten.bias_epochs": (-1, {}),
+    "model.whiten.images": (0, {}),
+    "train.ema.every": (0, {}),
+    "train.ema.start_epoch": (-1, {}),
     "augment.train.0.RandomCrop.size": (41, {}),  # larger than the image padded by 4
     "augment.train.0.RandomCrop.padding": (-1, {}),
     "augment.train.1.RandomHorizontalFlip.p": (1.5, {}),
