@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch import nn
 
-from cifar_factory import CLASSES, make_archive
+from cifar_factory import make_archive
 from cifarlab.augment.batch import BatchAugment, plan
 from cifarlab.augment.transforms import build_transform, check_transforms
 from cifarlab.engine.loop import TTA, with_tta
@@ -26,12 +26,9 @@ from cifarlab.models.registry import build_model, check_model
 from cifarlab.models.whiten import apply_whitening, first_conv, patches, set_bias_epoch
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer
 from cifarlab.params import EmaParams, parse_params
-from cifarlab.pipeline.index import write_indexes
-from cifarlab.pipeline.split import split
-from cifarlab.pipeline.stats import write_stats
 from cifarlab.pipeline.train import Paths, fit
-from cifarlab.pipeline.unpack import unpack
 from dvc_project import make_project, set_dotted
+from tiny_tree import make_tree
 
 torch.set_num_threads(1)
 SMALL = {"widths": [8, 16, 16], "whiten_width": 12}
@@ -303,19 +300,7 @@ def test_tta_averages_the_views_logits():
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tree")
-    arc = make_archive(root / "a.tar.gz", per_class=6)
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        quiet = {"progress": lambda *_: None}
-        unpack(arc, ["test_batch"], "data/png", "data/meta.json", **quiet)
-        split("data/png", "data/meta.json", "data/split", train=0.5, valid=0.25, test=0.25, **quiet)
-        write_indexes("data/split", CLASSES, "data/index", **quiet)
-        write_stats("data/index/train.txt", "data/stats/normalize.json", **quiet)
-    finally:
-        os.chdir(cwd)
-    return root
+    return make_tree(tmp_path_factory.mktemp("tree"), per_class=6)
 
 
 #: every component of issue 22 on at once, on a small airbench
