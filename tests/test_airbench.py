@@ -20,7 +20,7 @@ from torch import nn
 from cifar_factory import make_archive
 from cifarlab.augment.batch import BatchAugment, plan
 from cifarlab.augment.transforms import build_transform, check_transforms
-from cifarlab.engine.loop import TTA, with_tta
+from cifarlab.engine.tta import TTA, with_tta
 from cifarlab.errors import ParamsError
 from cifarlab.models.registry import build_model, check_model
 from cifarlab.models.whiten import apply_whitening, first_conv, patches, set_bias_epoch
@@ -293,6 +293,26 @@ def test_tta_averages_the_views_logits():
         TTA(model, "none")
     with pytest.raises(ParamsError, match=r"evaluate.tta"):
         parse_params({"evaluate": {"tta": "mirror"}})
+
+
+def test_visualize_predicts_as_evaluate_does_under_tta():
+    """The visualize stage's confusion matrices and PR curves use evaluate.tta like the metrics
+    they sit beside; the embedding's features stay the plain images' (TTA's first view)."""
+    from cifarlab.viz.inputs import EvalInputs
+    from cifarlab.viz.predictions import predict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    inputs = EvalInputs({"eval_transforms": [{"Normalize": {}}], "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    x = inputs.predict(images, None)
+    common = {"head": "2", "batch_size": 4, "device": torch.device("cpu")}
+    plain_logits, plain_feats = predict(model, inputs, images, **common)
+    logits, feats = predict(model, inputs, images, tta="flip_translate", **common)
+    torch.testing.assert_close(plain_logits, model(x))
+    torch.testing.assert_close(logits, with_tta(model, "flip_translate")(x))
+    assert not torch.allclose(logits, plain_logits)
+    torch.testing.assert_close(feats, plain_feats)
 
 
 # --- together, in the train and evaluate stages ---------------------------------------------------------

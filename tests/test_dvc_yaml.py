@@ -36,7 +36,7 @@ def test_torch_stages_declare_whole_folders():
     for name in ("train", "evaluate", "visualize"):
         code = [d for d in DVC[name]["deps"] if d.startswith(("src/", "stages/")) and d != USER_FOLDER]
         assert sum((ROOT / d).is_dir() for d in code) >= 2, (name, code)
-        assert len(code) <= 17, (name, code)
+        assert len(code) <= 18, (name, code)  # evaluate: 18 since engine/tta.py (shared with visualize)
 
 
 @pytest.mark.parametrize("name", list(DVC))

@@ -155,15 +155,17 @@ def _confusions(
     batch_size: int,
     classes: list[str],
     test_counts,
+    tta: str,
 ) -> dict[str, list[list[int]]]:
-    """Confusion counts of the train and validation splits (eval transforms), and the evaluate stage's test ones."""
+    """Confusion counts of the train and validation splits (eval transforms and evaluate.tta,
+    as the evaluate stage counts), and the evaluate stage's test ones."""
     k = len(classes)
     out = {}
     assert paths.valid_index is not None, "VizPaths.__post_init__ sets it"
     for split, index in (("train", paths.train_index), ("valid", paths.valid_index)):
         x, y = load_tensors(index, paths.root, k)
         logits, _ = predict(
-            model, inputs, x, head=plan.head, batch_size=batch_size, device=device, channels_last=channels_last
+            model, inputs, x, head=plan.head, batch_size=batch_size, device=device, channels_last=channels_last, tta=tta
         )
         out[split] = torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k).tolist()
     out["test"] = test_counts
@@ -286,9 +288,8 @@ def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, 
     test_x, test_y = load_tensors(paths.test_index, paths.root, len(classes))
     if len(test_y) == 0:
         raise CifarlabError(f"{paths.test_index}: the test index is empty")
-    logits, feats = predict(
-        model, inputs, test_x, head=plan.head, batch_size=vp.batch_size, device=device, channels_last=channels_last
-    )
+    how = {"head": plan.head, "device": device, "channels_last": channels_last, "tta": params.evaluate.tta}
+    logits, feats = predict(model, inputs, test_x, batch_size=vp.batch_size, **how)
     probs, preds = logits.softmax(1), logits.argmax(1)
     log(f"visualize: {len(test_y)} test images, accuracy {(preds == test_y).float().mean():.4f}")
 
@@ -345,6 +346,7 @@ def _compute(model, meta: dict, params: Params, paths: VizPaths, *, plan: Plan, 
             batch_size=vp.batch_size,
             classes=classes,
             test_counts=confusion["counts"],
+            tta=params.evaluate.tta,
         ),
         layer_rows=meta.get("layers") or _layer_rows(paths.layers),  # the model file carries them
         weights={n: w.detach().float().cpu() for n, w in model.named_parameters()},

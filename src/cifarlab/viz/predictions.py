@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from cifarlab.engine.tta import with_tta
 from cifarlab.errors import ParamsError
 from cifarlab.viz.hooks import capture_inputs
 from cifarlab.viz.inputs import EvalInputs
@@ -24,13 +25,18 @@ def predict(
     batch_size: int,
     device: torch.device,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, K], features [N, D]) of uint8 images through the model's eval transforms.
 
     Multi-crop transforms (FiveCrop/TenCrop) average logits and features over the crops,
-    as the evaluate stage averages its predictions.
+    as the evaluate stage averages its predictions. `tta` (evaluate.tta) averages the logits
+    over its views as evaluate does, so the confusion matrices and PR curves match the
+    stage's metrics; the features stay the plain image's (TTA's first view runs the
+    unaltered batch, and the hook keeps the first input it sees).
     """
     model.eval()
+    viewed = with_tta(model, tta)
     logits, feats = [], []
     with capture_inputs(model, head) as seen:
         for start in range(0, len(images), batch_size):
@@ -41,7 +47,7 @@ def predict(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             seen.clear()
-            out = model(x).float().reshape(b, crops, -1).mean(1)
+            out = viewed(x).float().reshape(b, crops, -1).mean(1)
             logits.append(out.cpu())
             feats.append(seen[0].reshape(b, crops, -1).mean(1).cpu())
     if not logits:
