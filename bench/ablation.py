@@ -13,9 +13,11 @@ trained model and reruns evaluate only. Prints a markdown table: each row's test
 (mean, min-max over the seeds), its train stage's seconds of training (timing.json), the
 accuracy difference against the baseline, and the load average before and after.
 
-Rows are the default params ("baseline"), each technique alone on top of them, all of them
-together ("all"), and a candidate for new defaults ("candidate"); `--epochs` and `--set`
-apply to every row (after the row's own values).
+Rows are the default params from before issue 22 ("baseline": `PRE_22`, lr 0.1, padding 4
+with zeros, no test-time augmentation), each technique alone on top of them, combinations,
+all of them together ("all"), and today's params.yaml as it is ("defaults"); `--epochs` and
+`--set` apply to every row (after the row's own values). Every row but "defaults" sets
+`PRE_22` first, so the table measures against the same baseline whatever params.yaml says.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ AIRBENCH_AUG = [
     {"AlternatingHorizontalFlip": {}},
     {"Normalize": {}},
 ]
+TUTORIAL_AUG = [{"RandomCrop": {"size": 32, "padding": 4}}, {"RandomHorizontalFlip": {"p": 0.5}}, {"Normalize": {}}]
+#: the defaults before issue 22 changed them: each row but "defaults" starts from these
+PRE_22 = {"optimizer.lr": 0.1, "augment.train": TUTORIAL_AUG, "evaluate.tta": "none"}
 LOOKAHEAD = {"decay": 0.774, "every": 5, "lookahead": True}  # airbench94's 0.95 per step, every 5 steps
 ALL = {
     "model.name": "cifarlab.airbench",
@@ -64,7 +69,8 @@ ALL = {
 
 #: name -> (what it changes, dotted params over the defaults)
 ROWS: dict[str, tuple[str, dict]] = {
-    "baseline": ("the default params", {}),
+    "baseline": ("the default params before issue 22", {}),
+    "defaults": ("params.yaml as it is (issue 22: lr 0.47, padding 2 reflect, tta flip_translate)", {}),
     "airbench_net": ("model cifarlab.airbench (64-256-256)", {"model.name": "cifarlab.airbench"}),
     "whiten": ("model.whiten on the default net's stem", {"model.whiten.enabled": True}),
     "norm_bias_lr": (
@@ -82,6 +88,28 @@ ROWS: dict[str, tuple[str, dict]] = {
     "reflect_2": ("RandomCrop padding 2, reflect", {"augment.train": REFLECT_2}),
     "tta_flip": ("evaluate.tta flip", {"evaluate.tta": "flip"}),
     "tta": ("evaluate.tta flip_translate", {"evaluate.tta": "flip_translate"}),
+    "lr_0.47": ("optimizer.lr 0.47 (lr-find's suggestion, issue 19)", {"optimizer.lr": 0.47}),
+    "lr_0.47_tta": (
+        "optimizer.lr 0.47 and evaluate.tta flip_translate",
+        {"optimizer.lr": 0.47, "evaluate.tta": "flip_translate"},
+    ),
+    "lr_0.47_reflect_tta": (
+        "lr 0.47, padding 2 reflect, tta flip_translate",
+        {"optimizer.lr": 0.47, "augment.train": REFLECT_2, "evaluate.tta": "flip_translate"},
+    ),
+    "lr_0.47_airaug_tta": (
+        "lr 0.47, padding 2 reflect, alternating flip, tta flip_translate",
+        {"optimizer.lr": 0.47, "augment.train": AIRBENCH_AUG, "evaluate.tta": "flip_translate"},
+    ),
+    "lr_0.47_reflect_whiten_tta": (
+        "lr 0.47, padding 2 reflect, model.whiten, tta flip_translate",
+        {
+            "optimizer.lr": 0.47,
+            "augment.train": REFLECT_2,
+            "model.whiten.enabled": True,
+            "evaluate.tta": "flip_translate",
+        },
+    ),
     "all": ("every technique above together", ALL),
     "candidate": (
         "all, on airbench 32-128-128, 15 epochs",
@@ -176,8 +204,9 @@ def main() -> None:
         results: dict[str, list[dict]] = {}
         trained: dict = {}
         for name in args.only:
+            base = {} if name == "defaults" else PRE_22
             for seed in range(args.seeds):
-                r = run_row(proj, cmds, {**ROWS[name][1], **common}, seed, trained)
+                r = run_row(proj, cmds, {**base, **ROWS[name][1], **common}, seed, trained)
                 results.setdefault(name, []).append(r)
                 print(
                     f"{name} seed {seed}: test acc {r['acc']:.4f}, {r['train_seconds']:.1f} s of training",
