@@ -4,7 +4,8 @@
     python bench/speed.py --full --target 0.85     # 60,000 images, split.mode standard
     python bench/speed.py --preset fast --target 0.25
     python bench/speed.py --set train.compile=true --set train.batch_size=512
-    python bench/speed.py --full --preset standard --target 0.93   # issue 22's standard-protocol candidate
+    python bench/speed.py --full --preset standard --target 0.85   # issue 22's standard-protocol preset
+    python bench/speed.py --full --preset airbench --target 0.93   # airbench94's recipe, for a GPU day
 
 Made for a GPU machine (`train.device: auto` picks CUDA, then MPS, then the CPU; on CUDA the
 images stay on the GPU, bf16 autocast, channels-last), and runs anywhere. Builds the real
@@ -47,7 +48,7 @@ def device_line() -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--preset", default=None, help="a presets/<name>.args file to start from (fast, tutorial, standard)"
+        "--preset", default=None, help="a presets/<name>.args file to start from (fast, tutorial, standard, airbench)"
     )
     ap.add_argument(
         "--set",

@@ -13,8 +13,9 @@ command with a non-zero exit. The docs build on themselves (the README's `dvc re
 variables live within a block. What the harness prepares, once, before the first block
 (`TINY_DATA` and `prepare`):
 
-* the data: a tiny archive in the official layout (tests/cifar_factory.py), 300 images
-  (30 per class, split 240/30/30), DVC-tracked by `cifarlab get-archive --set-md5`;
+* the data: a tiny archive in the official layout (tests/cifar_factory.py), six batches of
+  300 images (30 per class); params.yaml unpacks test_batch only (split 240/30/30), the
+  standard-protocol preset all six; DVC-tracked by `cifarlab get-archive --set-md5`;
 * params.yaml, committed: `TINY_PARAMS` (the tutorial's small Net, one epoch, small
   pictures), so a whole pipeline takes seconds; a command's own `-S` overrides and presets
   apply on top (`presets/tutorial.args` trains its 20 epochs, on the 240 images);
@@ -60,6 +61,9 @@ DOC_FILES = sorted(
 
 #: The tiny data every block runs on: images per class in the archive (split 8:1:1).
 TINY_DATA = 30
+#: all six, as the official archive has them: params.yaml reads test_batch only, and
+#: presets/standard.args (the standard protocol) all six
+BATCHES = ("test_batch", *(f"data_batch_{i}" for i in range(1, 6)))  # test_batch first: the same images as before
 #: params.yaml of the temp project, before the first block (dotted keys).
 TINY_PARAMS = {
     "model.name": "tutorial.net",
@@ -360,7 +364,7 @@ def prepare(tmp: Path):
     """The temp project every block of one doc runs in (see the module docstring)."""
     from PIL import Image
 
-    archive = make_archive(tmp / "cifar-10-python.tar.gz", per_class=TINY_DATA, learnable=True)
+    archive = make_archive(tmp / "cifar-10-python.tar.gz", batches=BATCHES, per_class=TINY_DATA, learnable=True)
     origin = tmp / "origin.git"
     subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
     proj = make_project(tmp / "cifarlab", archive, params=TINY_PARAMS)

@@ -331,7 +331,9 @@ def test_the_user_model_evaluates_predicts_and_exports(trained, tmp_path):
     out = tmp_path / "model.onnx"
     export_onnx(model, out, log=lambda *_: None)
     images = probe_images(8).numpy()
-    np.testing.assert_allclose(run_onnx(out, images), reference_logits(model, images), atol=1e-4, rtol=0)
+    # float32 agreement: relative as well as absolute, since the tiny net's logits reach hundreds
+    # at the default lr
+    np.testing.assert_allclose(run_onnx(out, images), reference_logits(model, images), atol=1e-4, rtol=1e-5)
 
 
 def test_a_model_file_of_a_user_model_no_longer_registered_is_one_line(tmp_path, scratch):

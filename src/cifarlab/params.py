@@ -229,7 +229,7 @@ class AugmentParams(_Strict):
     backend: Literal["tensor", "pil"] = "tensor"
     train: list[dict[str, Any]] = Field(
         default_factory=lambda: [
-            {"RandomCrop": {"size": 32, "padding": 4}},
+            {"RandomCrop": {"size": 32, "padding": 2, "padding_mode": "reflect"}},
             {"RandomHorizontalFlip": {"p": 0.5}},
             {"Normalize": {}},
         ]
@@ -290,7 +290,7 @@ class ParamGroup(BaseModel):
 
 class OptimizerParams(_Component):
     name: str = "SGD"
-    lr: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=0.47, gt=0)
     groups: list[ParamGroup] = Field(default_factory=list)
     #: true: every weight_decay (optimizer.<Name> and each group's) is the fraction the weights
     #: shrink by per step at the group's base lr; torch is given weight_decay / lr (issue 22)
@@ -382,7 +382,7 @@ class EvaluateParams(_Strict):
     batch_size: int = Field(default=500, ge=1)
     #: test-time augmentation, logits averaged: flip (image and mirror), flip_translate (also
     #: one-pixel translations with reflection, airbench94's weights 0.5, 0.25, 0.25); issue 22
-    tta: Literal["none", "flip", "flip_translate"] = "none"
+    tta: Literal["none", "flip", "flip_translate"] = "flip_translate"
 
 
 class VisualizeParams(_Strict):
