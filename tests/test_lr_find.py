@@ -72,3 +72,30 @@ def test_lr_find_names_a_missing_data_folder(tmp_path, capsys):
     rc = main(["lr-find", "--data", str(tmp_path / "nope"), "--params", str(tmp_path / "p.yaml")])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error:") and "nope" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lr_find_sweeps_the_whitened_net_the_train_stage_trains(tree):
+    """With model.whiten the sweep probes the net as the stage builds it: the first conv set
+    from the training images and frozen (a different loss curve from the same seed without)."""
+    from cifarlab.lr_find import sweep
+    from cifarlab.params import parse_params
+
+    paths = {
+        "index": tree / "data/index/train.txt",
+        "stats": tree / "data/stats/normalize.json",
+        "meta": tree / "data/meta.json",
+        "root": tree,
+        "start": 1e-3,
+        "end": 1.0,
+        "steps": 12,
+    }
+    base = {"model": {"name": "cifarlab.airbench", "cifarlab": {"airbench": {"widths": [8, 16, 16]}}}}
+    base["train"] = {"batch_size": 8, "device": "cpu", "amp": False}
+    plain = sweep(parse_params(base), log=lambda *_: None, **paths)
+    logs: list[str] = []
+    whitened = sweep(
+        parse_params({**base, "model": {**base["model"], "whiten": {"enabled": True}}}), log=logs.append, **paths
+    )
+    assert any(line.startswith("model.whiten: first conv 'whiten' (24 filters, 2x2)") for line in logs), logs
+    assert len(whitened.losses) == len(plain.losses) == 12
+    assert whitened.losses[0] != plain.losses[0]

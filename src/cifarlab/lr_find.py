@@ -2,7 +2,8 @@
 course notes 19.5, "search the maximum learning rate"): `cifarlab lr-find`.
 
 A fresh copy of the configured model (model, augment, loss, optimizer and its groups from
-params.yaml) trains for `steps` batches while the learning rate rises exponentially from
+params.yaml; with model.whiten, its first conv whitened from the training images and frozen,
+as the train stage does) trains for `steps` batches while the learning rate rises exponentially from
 `start` to `end`; the loss is smoothed with a bias-corrected exponential moving average
 and the run stops early once it diverges (smoothed loss above 4x its best, or not finite).
 
@@ -33,6 +34,7 @@ from cifarlab.data.layout import read_meta, read_stats
 from cifarlab.engine.device import setup_runtime
 from cifarlab.engine.loop import _prepare
 from cifarlab.engine.sources import make_source
+from cifarlab.engine.whitening import whiten_model
 from cifarlab.errors import ParamsError
 from cifarlab.models import create_model
 from cifarlab.optim.losses import build_loss
@@ -83,6 +85,7 @@ def sweep(
     runtime = setup_runtime(tp.device, tp.amp, params.runtime.threads, params.model.channels_last)
     torch.manual_seed(params.seed)
     images, labels = load_tensors(index, root, len(classes))
+    common = {"stats": read_stats(stats), "runtime": runtime, "seed": params.seed, "log": log}
     source = make_source(
         params.augment.train,
         "augment.train",
@@ -90,14 +93,13 @@ def sweep(
         images=images,
         labels=labels,
         index=index,
-        stats=read_stats(stats),
-        runtime=runtime,
         batch_size=tp.batch_size,
-        seed=params.seed,
         shuffle=True,
-        log=log,
+        **common,
     )
     model = create_model(params.model, num_classes=len(classes), log=lambda *_: None).to(runtime.device)
+    if params.model.whiten.enabled:  # sweep the net the train stage trains: first conv whitened, frozen
+        whiten_model(params, model, images, labels, common, log=log)
     model.train()
     optimizer = build_optimizer(params.optimizer, model)
     if needs_closure(optimizer):

@@ -37,10 +37,11 @@ from cifarlab.engine.memory import check_training_memory
 from cifarlab.engine.progress import epoch_bar
 from cifarlab.engine.sources import make_source
 from cifarlab.engine.tensorboard import TrainLogger, chain
+from cifarlab.engine.whitening import whiten_model
 from cifarlab.errors import CifarlabError, ParamsError
 from cifarlab.models.registry import check_model, create_model
 from cifarlab.models.summary import summarize
-from cifarlab.models.whiten import apply_whitening, set_bias_epoch
+from cifarlab.models.whiten import set_bias_epoch
 from cifarlab.optim.losses import REFUSED as REFUSED_LOSSES
 from cifarlab.optim.losses import build_loss, check_loss, supported_losses, user_losses
 from cifarlab.optim.optimizers import build_optimizer, check_optimizer, needs_closure, optimizer_classes
@@ -362,36 +363,6 @@ def build(params: Params, paths: Paths, dist: Dist, log) -> Setup:
         whiten_bias=whiten_bias,
         average=make_average(model, tp.ema, len(train_src)),
     )
-
-
-def whiten_model(params: Params, model, train_x, train_y, common: dict, *, log):
-    """model.whiten: the first conv set to whiten the first training images' patches, as the net
-    sees them (augment.eval applied); returns the conv's bias, trained for bias_epochs."""
-    wp = params.model.whiten
-    n = min(wp.images, len(train_y))
-    source = make_source(
-        params.augment.eval,
-        "augment.eval",
-        images=train_x[:n],
-        labels=train_y[:n],
-        index=Path("-"),
-        batch_size=500,
-        shuffle=False,
-        **{**common, "backend": "tensor"},
-    )
-    xs = [x.reshape(-1, *x.shape[-3:]).float().cpu() for x, _ in source.batches(0)]
-    name, bias = apply_whitening(model, torch.cat(xs), wp.eps)
-    conv = dict(model.named_modules())[name]
-    kept = (
-        "no bias"
-        if bias is None
-        else "bias trained " + ("throughout" if wp.bias_epochs is None else f"for {wp.bias_epochs} epochs")
-    )
-    log(
-        f"model.whiten: first conv '{name}' ({conv.out_channels} filters, {'x'.join(map(str, conv.kernel_size))}) "
-        f"whitens the patches of {n} training images; weight frozen, {kept}"
-    )
-    return bias
 
 
 def resume(ckpt: CheckpointDir, s: Setup, log, set_aside: bool = True) -> Progress:
