@@ -10,8 +10,9 @@ in TensorBoard (`train.log_every_steps`). "Off" sets `train.diagnostics=false` a
 (8,000 training images), the two interleaved round by round in alternating order so both see
 the same machine; the figure is the whole command's wall time, start-up included. It also
 checks that the two runs' per-epoch history (loss, accuracy) is identical: the diagnostics
-must not change training. Then the visualize stage runs once on the default model, timed on
-its own: it is a separate stage, so its cost is reported apart.
+must not change training. Then the evaluate and visualize stages run on the default model,
+timed on their own (separate stages, reported apart), under `evaluate.tta: none` and the
+default `flip_translate`, interleaved twice: what test-time augmentation costs them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from train import train_run  # noqa: E402
 
 from cifar_factory import build_real_archive  # noqa: E402
-from dvc_project import make_project, preset, stage_cmd  # noqa: E402
+from dvc_project import make_project, preset, set_params, stage_cmd  # noqa: E402
 
 OFF = {"train.diagnostics": False, "train.log_every_steps": 0}
 CONFIGS = {"default": {}, "tutorial": None}  # None: presets/tutorial.args, read at run time
@@ -62,12 +63,17 @@ def measure(proj, name: str, base: dict, rounds: int) -> dict:
     }
 
 
-def time_visualize(proj) -> float:
-    for stage in ("evaluate",):  # visualize reads the evaluation's predictions
+def time_evaluation_stages(proj, tta: str) -> dict[str, float]:
+    """Seconds of the evaluate and visualize stages on the trained default model under
+    `evaluate.tta` (both stages predict under it; visualize also for its train and validation
+    confusions, 8,000 + 1,000 images)."""
+    set_params(proj, {"evaluate.tta": tta})
+    out = {}
+    for stage in ("evaluate", "visualize"):  # visualize reads the evaluation's predictions
+        start = time.perf_counter()
         proj.run(*stage_cmd(stage))
-    start = time.perf_counter()
-    proj.run(*stage_cmd("visualize"))
-    return time.perf_counter() - start
+        out[stage] = time.perf_counter() - start
+    return out
 
 
 def main() -> None:
@@ -95,7 +101,10 @@ def main() -> None:
         )
     if not args.no_visualize:
         proj.dvc("repro", "train")
-        print(f"visualize stage alone, default params: {time_visualize(proj):.1f} s")
+        # test-time augmentation's cost, side by side: none (the baseline) and the default, interleaved
+        for tta in ("none", "flip_translate", "flip_translate", "none"):
+            t = time_evaluation_stages(proj, tta)
+            print(f"evaluate.tta {tta}: evaluate stage {t['evaluate']:.1f} s, visualize stage {t['visualize']:.1f} s")
     print(f"(temp project left at {proj.path}; delete it when done)")
 
 
